@@ -1,0 +1,39 @@
+"""ranker-serve: start the ranking service. Flags win over RANKER_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ranker-serve", description=__doc__)
+    p.add_argument("--models", dest="models_dir", type=Path, help="model repository (RANKER_MODELS_DIR, default ./models)")
+    p.add_argument("--features", dest="features_dir", type=Path,
+                   help="users.jsonl/items.jsonl for the embedded store (RANKER_FEATURES_DIR, default ./data/features)")  # fmt: skip
+    p.add_argument("--host", help="bind address (RANKER_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (RANKER_PORT, default 8000)")
+    p.add_argument("--redis-url", dest="redis_url", help="Redis for features and coordination (RANKER_REDIS_URL)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="inference device (RANKER_DEVICE, default auto)")
+    p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    try:
+        settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
+    except ValidationError as exc:
+        p.error(str(exc))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One worker per process: metrics and the model registry live in this process.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

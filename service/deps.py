@@ -1,0 +1,32 @@
+"""Dependencies: the app's heavy objects, reached through the request (created in the lifespan)."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.metrics import Metrics
+from service.ranking import Ranker
+from service.registry import Registry
+from service.settings import Settings
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def get_ranker(request: Request) -> Ranker:
+    return request.app.state.ranker
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+RankerDep = Annotated[Ranker, Depends(get_ranker)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

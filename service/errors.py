@@ -1,0 +1,67 @@
+"""Every failure answers in one JSON shape: {"error": {"code", "message", "field"}}."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from service.responses import JSONBytes
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("ranker")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONBytes:
+    return JSONBytes({"error": {"code": code, "message": message, "field": field}}, status_code=status)
+
+
+def field_path(loc: tuple | list) -> str | None:
+    """('body', 'candidates', 3, 'video_len') -> 'candidates[3].video_len'."""
+    path = ""
+    for part in loc:
+        if part in ("body", "query", "path") and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part).startswith(("function-", "tagged-union[", "union[")):
+            continue  # pydantic's names for union branches, not fields
+        else:
+            path += f".{part}" if path else str(part)
+    return path or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        request.state.error_kind = exc.code
+        return error_response(exc.status, exc.code, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field = field_path(first.get("loc", ()))
+        message = f"{field}: {first['msg']}" if field else first["msg"]
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more)"
+        request.state.error_kind = "invalid_request"
+        return error_response(422, "invalid_request", message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        request.state.error_kind = code
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        request.state.error_kind = "internal"
+        return error_response(500, "internal", "internal error; see the service log")

@@ -1,0 +1,197 @@
+"""The one feature transform: raw values (strings, ints, floats) -> the model's input arrays.
+
+Training and serving both call `FeatureTransform.encode`, so the same raw record gives the same
+tensors on both sides. Torch-free and NumPy-only on purpose.
+
+Inputs of every exported model:
+  sparse_ids (B, n_sparse) int64  -- per-feature ids in [0, cardinality); 0 = missing/unknown
+  dense      (B, n_dense)  float32 -- standardised numbers
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from service.modelspec import FeatureSpec, TensorSpec
+
+MISSING_ID = 0
+SPARSE_INPUT = "sparse_ids"
+DENSE_INPUT = "dense"
+
+
+class FeatureValueError(ValueError):
+    """A raw value that cannot be read as its feature's kind (e.g. text for a dense feature)."""
+
+    def __init__(self, feature: str, value: Any):
+        super().__init__(f"feature {feature!r}: cannot use {value!r} as a number")
+        self.feature = feature
+
+
+def stable_hash(text: str) -> int:
+    """64-bit hash that is the same in every process and on every machine (unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+@lru_cache(maxsize=1 << 18)
+def _hash_bucket(feature: str, canonical_value: str, buckets: int) -> int:
+    # Salted by feature name so equal strings of different features land in unrelated buckets.
+    return 1 + stable_hash(f"{feature}\x1f{canonical_value}") % (buckets - 1)
+
+
+def canonical(value: Any) -> str | None:
+    """The string a categorical value is hashed as: 21, 21.0 and "21" agree; None is missing."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, np.floating):
+        return canonical(float(value))
+    text = str(value)
+    return text if text != "" else None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    sparse_ids: np.ndarray  # (B, n_sparse) int64
+    dense: np.ndarray  # (B, n_dense) float32
+    defaulted: int  # raw values that were missing or unknown and took the schema's default
+
+    def as_inputs(self) -> dict[str, np.ndarray]:
+        return {SPARSE_INPUT: self.sparse_ids, DENSE_INPUT: self.dense}
+
+
+class FeatureTransform:
+    """Encodes raw features per the schema of one model version."""
+
+    def __init__(self, specs: Sequence[FeatureSpec]):
+        self.specs = list(specs)
+        self.sparse = [s for s in self.specs if s.kind == "sparse"]
+        self.dense = [s for s in self.specs if s.kind == "dense"]
+        self._vocab = {
+            s.name: {v: i + 1 for i, v in enumerate(s.vocabulary)} for s in self.sparse if s.vocabulary
+        }
+        self.by_source = {
+            src: [s.name for s in self.specs if s.source == src] for src in ("user", "item", "context")
+        }
+
+    # ---- the schema of the model inputs ----
+
+    def input_specs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec(name=SPARSE_INPUT, dtype="int64", shape=[-1, len(self.sparse)]),
+            TensorSpec(name=DENSE_INPUT, dtype="float32", shape=[-1, len(self.dense)]),
+        ]
+
+    def cardinalities(self) -> list[int]:
+        return [s.cardinality for s in self.sparse]
+
+    # ---- one value ----
+
+    def sparse_id(self, spec: FeatureSpec, value: Any) -> int:
+        text = canonical(value)
+        if text is None:
+            text = canonical(spec.default)
+            if text is None:
+                return MISSING_ID
+        if spec.vocabulary is not None:
+            return self._vocab[spec.name].get(text, MISSING_ID)
+        assert spec.buckets is not None
+        return _hash_bucket(spec.name, text, spec.buckets)
+
+    # ---- whole requests or data sets ----
+
+    def encode(
+        self,
+        n: int,
+        shared: Mapping[str, Any] | None = None,
+        per_row: Mapping[str, Sequence[Any]] | None = None,
+    ) -> Encoded:
+        """Encode n rows.
+
+        shared: one raw value per feature, broadcast to every row (a request's user and context).
+        per_row: a sequence of n raw values per feature (candidates, or a training table).
+        A feature in neither, or a None value, takes the schema's default.
+        """
+        shared = shared or {}
+        per_row = per_row or {}
+        defaulted = 0
+        sparse = np.empty((n, len(self.sparse)), dtype=np.int64)
+        for j, spec in enumerate(self.sparse):
+            if spec.name in per_row:
+                column = per_row[spec.name]
+                ids = np.fromiter((self.sparse_id(spec, v) for v in column), dtype=np.int64, count=n)
+                sparse[:, j] = ids
+                defaulted += int(np.count_nonzero(ids == MISSING_ID))
+            else:
+                sparse[:, j] = self.sparse_id(spec, shared.get(spec.name))
+                defaulted += int(sparse[0, j] == MISSING_ID) if n else 0
+        dense = np.empty((n, len(self.dense)), dtype=np.float32)
+        for j, spec in enumerate(self.dense):
+            if spec.name in per_row:
+                raw = _as_float_array(spec.name, per_row[spec.name], n)
+            else:
+                raw = np.full(n, _as_float(spec.name, shared.get(spec.name)))
+            if np.isinf(raw).any():
+                raise FeatureValueError(spec.name, float(raw[np.isinf(raw)][0]))
+            missing = np.isnan(raw)
+            if missing.any():
+                raw = np.where(missing, float(spec.default), raw)  # type: ignore[arg-type]
+                defaulted += int(np.count_nonzero(missing)) if spec.name in per_row else 1
+            dense[:, j] = standardise(spec, raw)
+        return Encoded(sparse, dense, defaulted)
+
+
+def pre_standardise(spec: FeatureSpec, raw: np.ndarray) -> np.ndarray:
+    """The value before mean/std scaling: clipped, then log1p-ed when the spec asks."""
+    x = raw.astype(np.float64)
+    if spec.clip_min is not None:
+        x = np.maximum(x, spec.clip_min)
+    if spec.log1p:
+        x = np.log1p(x)
+    return x
+
+
+def standardise(spec: FeatureSpec, raw: np.ndarray) -> np.ndarray:
+    return ((pre_standardise(spec, raw) - spec.mean) / spec.std).astype(np.float32)
+
+
+def fit_dense(spec: FeatureSpec, raw: Iterable[float]) -> FeatureSpec:
+    """Return `spec` with mean/std fitted on training values (missing ones take the default)."""
+    values = np.asarray(list(raw), dtype=np.float64)
+    values = np.where(np.isnan(values), float(spec.default), values)  # type: ignore[arg-type]
+    x = pre_standardise(spec, values)
+    std = float(x.std())
+    return spec.model_copy(update={"mean": float(x.mean()), "std": std if std > 1e-6 else 1.0})
+
+
+def _as_float(feature: str, value: Any) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise FeatureValueError(feature, value) from None
+
+
+def _as_float_array(feature: str, column: Sequence[Any], n: int) -> np.ndarray:
+    try:
+        # None becomes NaN here, which then takes the default.
+        return np.asarray(column, dtype=np.float64).reshape(n)
+    except (TypeError, ValueError):
+        return np.fromiter((_as_float(feature, v) for v in column), dtype=np.float64, count=n)

@@ -1,0 +1,173 @@
+"""The model.json contract: what training writes and the service reads.
+
+Torch-free on purpose: training imports it to write a version folder, the service to check one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FORMAT_VERSION = 1
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- video-length transforms f(video_len), shared by model.json defaults and requests ----
+
+
+class NoneTransform(_Strict):
+    """f = 1: video length does not change the score."""
+
+    kind: Literal["none"] = "none"
+
+
+class LogTransform(_Strict):
+    """f = log(1 + len / tau): grows slowly with length; tau in seconds."""
+
+    kind: Literal["log"] = "log"
+    tau: Finite = Field(60.0, gt=0)
+
+
+class SigmoidTransform(_Strict):
+    """f = 1 / (1 + exp(-(len - mu) / s)): a soft step around mu seconds."""
+
+    kind: Literal["sigmoid"] = "sigmoid"
+    mu: Finite = 30.0
+    s: Finite = Field(15.0, gt=0)
+
+
+class PowerTransform(_Strict):
+    """f = len ** alpha; alpha < 0 favours short videos."""
+
+    kind: Literal["power"] = "power"
+    alpha: Finite = Field(0.3, ge=-5, le=5)
+
+
+VideoLenTransform = Annotated[
+    Union[NoneTransform, LogTransform, SigmoidTransform, PowerTransform],
+    Field(discriminator="kind"),
+]
+
+
+# ---- features ----
+
+
+class FeatureSpec(_Strict):
+    """One raw feature and how it becomes a model input.
+
+    sparse: a categorical value hashed (stable blake2b) into `buckets`, or looked up in
+    `vocabulary`; id 0 is reserved for missing/unknown. dense: a number, optionally log1p-ed,
+    then standardised with `mean`/`std` fitted on the training data.
+    """
+
+    name: str
+    kind: Literal["sparse", "dense"]
+    source: Literal["user", "item", "context"]
+    buckets: int | None = Field(None, ge=2)
+    vocabulary: list[str] | None = None
+    default: str | Finite | None = None
+    log1p: bool = False
+    mean: Finite = 0.0
+    std: Finite = Field(1.0, gt=0)
+    clip_min: Finite | None = None  # applied before log1p; keeps log1p defined
+    from_id: bool = False  # the raw value is the entity's own id (user.id, a candidate's id)
+
+    @model_validator(mode="after")
+    def _check(self) -> "FeatureSpec":
+        if self.kind == "sparse" and (self.buckets is None) == (self.vocabulary is None):
+            raise ValueError(f"sparse feature {self.name!r} needs exactly one of buckets, vocabulary")
+        if self.kind == "dense" and not isinstance(self.default, (int, float)):
+            raise ValueError(f"dense feature {self.name!r} needs a numeric default")
+        return self
+
+    @property
+    def cardinality(self) -> int:
+        """Number of embedding rows this feature needs (0 = missing/unknown included)."""
+        if self.vocabulary is not None:
+            return len(self.vocabulary) + 1
+        assert self.buckets is not None
+        return self.buckets
+
+
+# ---- tasks and tensors ----
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: Literal["binary", "regression"]
+    label: str  # what the label means, for people
+    sample_space: str = "all"  # "all" or the task whose positives define where this label exists
+    output: str  # ONNX output tensor name
+    value_range: tuple[float, float] | None = None
+
+
+class TensorSpec(_Strict):
+    name: str
+    dtype: Literal["int64", "float32"]
+    shape: list[int]  # -1 marks the dynamic batch axis
+
+
+class ScoringDefaults(_Strict):
+    weights: dict[str, Annotated[Finite, Field(ge=0)]]
+    video_len_transform: VideoLenTransform = LogTransform()
+    eps: float = Field(1e-6, gt=0, lt=1)
+
+
+class DataSpec(_Strict):
+    source: str
+    description: str
+    sha256: str
+    rows: dict[str, int]
+    seed: int | None = None
+
+
+class ModelSpec(_Strict):
+    """Everything the service needs to use a model without the training code."""
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: int = Field(ge=1)
+    family: str
+    hyperparameters: dict
+    tasks: list[TaskSpec] = Field(min_length=1)
+    features: list[FeatureSpec] = Field(min_length=1)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    scoring: ScoringDefaults
+    training_data: DataSpec
+    metrics: dict[str, dict[str, float]]
+    git_commit: str
+    created_at: str
+    onnx_sha256: str
+    opset: int
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        task_names = {t.name for t in self.tasks}
+        unknown = set(self.scoring.weights) - task_names
+        if unknown:
+            raise ValueError(f"scoring weights name unknown tasks: {sorted(unknown)}")
+        outputs = {o.name for o in self.outputs}
+        missing = {t.output for t in self.tasks} - outputs
+        if missing:
+            raise ValueError(f"tasks refer to missing outputs: {sorted(missing)}")
+        return self
+
+    def task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+

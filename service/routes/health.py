@@ -1,0 +1,18 @@
+from fastapi import APIRouter
+
+from service.deps import RegistryDep
+from service.errors import ApiError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live")
+def live() -> dict:
+    return {"status": "live"}
+
+
+@router.get("/health/ready")
+def ready(registry: RegistryDep) -> dict:
+    if not registry.ready():
+        raise ApiError(503, "not_ready", "no model version is loaded and warmed up")
+    return {"status": "ready", "models": [m["name"] + "/" + str(m["version"]) for m in registry.describe() if m["active"]]}

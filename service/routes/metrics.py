@@ -1,0 +1,11 @@
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import MetricsDep
+
+router = APIRouter(tags=["monitoring"])
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(m: MetricsDep) -> Response:
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,16 @@
+from fastapi import APIRouter
+
+from service.deps import RankerDep
+from service.responses import JSONBytes
+from service.schemas import ErrorResponse, RankRequest, RankResponse
+
+router = APIRouter(tags=["ranking"])
+
+ERRORS = {code: {"model": ErrorResponse} for code in (404, 413, 422, 503)}
+
+
+@router.post("/v1/rank", response_model=RankResponse, response_class=JSONBytes, responses=ERRORS)
+def rank(body: RankRequest, ranker: RankerDep) -> JSONBytes:
+    """Score every candidate in one inference call and return them best first."""
+    # A plain def: FastAPI runs it in the threadpool, so inference never blocks the event loop.
+    return JSONBytes(ranker.rank(body))

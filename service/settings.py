@@ -1,0 +1,42 @@
+"""One validated settings object; every field also comes from a RANKER_* environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RANKER_", extra="forbid")
+
+    models_dir: Path = Path("models")
+    features_dir: Path | None = Path("data/features")  # users.jsonl / items.jsonl for the embedded store
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    redis_url: str | None = None
+    redis_prefix: str = "ranker:"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    admin_token: SecretStr | None = None
+    default_model: str | None = None  # model used when a request names none (default: "ple", else the first)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # ONNX Runtime threads: 0 lets ORT pick (one per physical core).
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(1, ge=0)
+    # On CUDA, batches are padded up to one of these sizes so shapes repeat (and warm up once each).
+    batch_buckets: list[int] = Field(default_factory=lambda: [16, 64, 256, 1024, 4096])
+
+    # Request limits: past them a 413 (body) or 422 (counts) names what was too large.
+    max_candidates: int = Field(2000, ge=1)
+    max_body_bytes: int = Field(4 << 20, ge=1024)
+    max_features: int = Field(256, ge=1)  # per user, context or candidate
+
+    @field_validator("batch_buckets")
+    @classmethod
+    def _sorted_positive(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v):
+            raise ValueError("batch_buckets must be positive sizes")
+        return sorted(set(v))

@@ -1,0 +1,135 @@
+"""Export a trained model as a version folder: models/<name>/<version>/{model.onnx, model.json}.
+
+The folder is built under a temporary name beside its final place, checked (ONNX Runtime must agree
+with PyTorch), then renamed into place, so a reader (the service's watcher) never sees half of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.features import DENSE_INPUT, SPARSE_INPUT, FeatureTransform
+from service.modelspec import DataSpec, ModelSpec, ScoringDefaults, TensorSpec, sha256_file
+from training.train import TrainResult, sample_inputs
+
+OPSET = 18
+PARITY_ATOL = 1e-5
+
+
+def export_onnx(model: torch.nn.Module, path: Path, example: tuple[np.ndarray, np.ndarray]) -> None:
+    """ONNX with a dynamic batch axis; one named output per task."""
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    args = tuple(torch.from_numpy(a) for a in example)
+    # The exporter reports progress on stdout; keep stdout for the version folder we print.
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _export(model, path, args, batch)
+
+
+def _export(model, path, args, batch) -> None:
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        input_names=[SPARSE_INPUT, DENSE_INPUT],
+        output_names=[t.output for t in model.tasks],
+        dynamic_shapes=({0: batch}, {0: batch}),
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=False,
+        optimize=True,
+    )
+
+
+def max_parity_error(model: torch.nn.Module, onnx_path: Path, sparse: np.ndarray, dense: np.ndarray) -> float:
+    """Largest |PyTorch - ONNX Runtime| over all task outputs for one batch."""
+    import onnxruntime as ort  # either build (CPU or GPU) will do; the CPU provider is used
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ort_out = session.run(None, {SPARSE_INPUT: sparse, DENSE_INPUT: dense})
+    with torch.no_grad():
+        torch_out = model(torch.from_numpy(sparse), torch.from_numpy(dense))
+    return max(float(np.max(np.abs(a - b.numpy()))) for a, b in zip(ort_out, torch_out))
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.exists() else []
+    return max(versions, default=0) + 1
+
+
+def write_version(result: TrainResult, out: Path, name: str) -> Path:
+    """Export, check and publish a new version; returns its folder."""
+    model, data = result.model, result.dataset
+    model_dir = Path(out) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        onnx_path = staging / "model.onnx"
+        export_onnx(model, onnx_path, sample_inputs(result, 4))
+        parity = max(max_parity_error(model, onnx_path, *sample_inputs(result, n)) for n in (1, 257))
+        if parity > PARITY_ATOL:
+            raise RuntimeError(f"ONNX Runtime disagrees with PyTorch by {parity:.2e} (> {PARITY_ATOL})")
+        transform = FeatureTransform(result.features)
+        while True:
+            version = next_version(model_dir)
+            spec = ModelSpec(
+                name=name,
+                version=version,
+                family=model.family,
+                hyperparameters=model.hyperparameters(),
+                tasks=data.tasks,
+                features=result.features,
+                inputs=transform.input_specs(),
+                outputs=[TensorSpec(name=t.output, dtype="float32", shape=[-1]) for t in data.tasks],
+                scoring=ScoringDefaults(weights=data.default_weights),
+                training_data=DataSpec(
+                    source=data.name,
+                    description=data.description,
+                    sha256=data.sha256(),
+                    rows={"total": len(data)},
+                    seed=data.seed,
+                ),
+                metrics={
+                    **{f"{split}.{task}": m for split, tasks in result.metrics.items() for task, m in tasks.items()},
+                    "training": {"seconds": result.seconds, "samples_per_second": result.samples_per_second,
+                                 "parity_max_abs_error": parity},
+                },  # fmt: skip
+                git_commit=git_commit(),
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                onnx_sha256=sha256_file(onnx_path),
+                opset=OPSET,
+            )
+            (staging / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
+            os.chmod(staging, 0o755)
+            try:
+                # rename() of a directory fails if the target exists and is not empty; an empty
+                # target would be replaced, so a concurrent exporter of the same version loses here.
+                os.rename(staging, model_dir / str(version))
+                return model_dir / str(version)
+            except OSError:
+                if not (model_dir / str(version)).exists():
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
