@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from pathlib import Path
 
 import uvicorn
@@ -30,9 +31,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One worker per process: metrics and the model registry live in this process.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False)  # fmt: skip
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level=settings.log_level, access_log=False)  # fmt: skip
+    _Server(config).run()
     return 0
+
+
+class _Server(uvicorn.Server):
+    """Exits 0 after a graceful SIGTERM shutdown (uvicorn re-raises the signal, exiting -15),
+    so an orchestrator's normal stop is not reported as a crash."""
+
+    def handle_exit(self, sig: int, frame) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            self._captured_signals.remove(sig)
 
 
 if __name__ == "__main__":

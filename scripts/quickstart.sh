@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up, train a small PLE on the simulated video log (if no model is there yet), serve it on
+# 127.0.0.1:8000 with the embedded feature store, and show one ranking request and its answer.
+# The server keeps running in the foreground; Ctrl-C stops it. QUICKSTART_EXIT=1 stops after the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+if ! ls models/ple/*/model.json >/dev/null 2>&1; then
+  echo "== training a PLE on the simulated video log (about half a minute on 2 cores)"
+  ranker-train --data videolog --model ple --out models
+fi
+echo "== starting ranker-serve on http://127.0.0.1:8000 (docs at /docs)"
+ranker-serve --models models --features data/features --host 127.0.0.1 --port 8000 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 1 120); do
+  curl -fsS http://127.0.0.1:8000/health/ready >/dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { echo "ranker-serve exited"; exit 1; }
+  sleep 0.5
+done
+echo "== POST /v1/rank with examples/rank-request.json"
+curl -sS -X POST http://127.0.0.1:8000/v1/rank -H 'content-type: application/json' \
+  --data @examples/rank-request.json | python -m json.tool
+if [ "${QUICKSTART_EXIT:-0}" = 1 ]; then exit 0; fi
+echo "== serving; Ctrl-C to stop"
+wait $server

@@ -1,0 +1,182 @@
+import math
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.modelspec import LogTransform, ModelSpec, SigmoidTransform
+from service.scoring import log_video_len_factor
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    with TestClient(create_app(Settings(models_dir=trained.models_dir, features_dir=trained.features_dir))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def spec(trained) -> ModelSpec:
+    return ModelSpec.model_validate_json((trained.version_dir / "model.json").read_text())
+
+
+def request(n=100, **extra):
+    return {
+        "request_id": "r-1",
+        "user": {"id": "u7", "features": {"device": "ios"}},
+        "context": {"network": "wifi", "hour": 21},
+        "candidates": [{"id": f"v{i}", "video_len": 5.0 + 3.0 * i} for i in range(n)],
+        **extra,
+    }
+
+
+def reference_scores(items, weights, transform, lengths, eps):
+    """The DESIGN.md formula on the per-task values the service returned."""
+    out = []
+    for item in items:
+        s = math.exp(log_video_len_factor(transform, np.array([lengths[item["id"]]]))[0])
+        for task, w in weights.items():
+            s *= min(max(item["tasks"][task], eps), 1.0) ** w
+        out.append(s)
+    return np.array(out)
+
+
+def test_ranks_every_candidate_in_score_order(client, spec):
+    body = request()
+    r = client.post("/v1/rank", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert (data["request_id"], data["model"], data["version"]) == ("r-1", "ple", 1)
+    assert 0 <= data["bucket"] < 100
+    items = data["items"]
+    assert sorted(i["id"] for i in items) == sorted(c["id"] for c in body["candidates"])
+    lengths = {c["id"]: c["video_len"] for c in body["candidates"]}
+    expected = reference_scores(items, spec.scoring.weights, spec.scoring.video_len_transform, lengths, spec.scoring.eps)
+    np.testing.assert_allclose([i["score"] for i in items], expected, rtol=1e-6)
+    assert all(a >= b for a, b in zip(expected, expected[1:]))
+    assert set(items[0]["tasks"]) == {"ctr", "vtr", "vcr", "shr", "cmr"}
+
+
+def test_request_weights_and_transform_override_the_defaults(client, spec):
+    weights = {"ctr": 0.0, "vtr": 3.0}
+    transform = {"kind": "sigmoid", "mu": 100.0, "s": 20.0}
+    r = client.post("/v1/rank", json=request(weights=weights, video_len_transform=transform))
+    items = r.json()["items"]
+    lengths = {c["id"]: c["video_len"] for c in request()["candidates"]}
+    merged = {**spec.scoring.weights, **weights}
+    expected = reference_scores(items, merged, SigmoidTransform(**transform), lengths, spec.scoring.eps)
+    np.testing.assert_allclose([i["score"] for i in items], expected, rtol=1e-6)
+    default_order = [i["id"] for i in client.post("/v1/rank", json=request()).json()["items"]]
+    assert [i["id"] for i in items] != default_order
+
+
+def test_top_k_returns_the_best_k(client):
+    full = client.post("/v1/rank", json=request()).json()["items"]
+    top = client.post("/v1/rank", json=request(top_k=7)).json()["items"]
+    assert [i["id"] for i in top] == [i["id"] for i in full[:7]]
+
+
+def test_explain_factors_multiply_to_the_score(client):
+    items = client.post("/v1/rank", json=request(n=20, explain=True)).json()["items"]
+    for item in items:
+        product = item["explain"]["f_video_len"] * math.prod(item["explain"]["factors"].values())
+        assert product == pytest.approx(item["score"], rel=1e-9)
+
+
+def test_request_features_override_the_store_and_defaults_are_counted(client, trained):
+    vid = trained.log.videos.index[0]
+    stored_len = float(trained.log.videos.loc[vid, "video_len"])
+    base = {"user": {"id": "u1"}, "candidates": [{"id": vid}]}
+    r = client.post("/v1/rank", json={**base, "explain": True, "video_len_transform": {"kind": "log", "tau": 60}})
+    f = r.json()["items"][0]["explain"]["f_video_len"]
+    assert f == pytest.approx(math.log1p(stored_len / 60), rel=1e-9)  # video_len came from the store
+    ctr_known = r.json()["items"][0]["tasks"]["ctr"]
+    other = next(c for c in ("cars", "music") if c != trained.log.videos.loc[vid, "category"])
+    r2 = client.post("/v1/rank", json={**base, "candidates": [{"id": vid, "features": {"category": other}}]})
+    assert r2.json()["items"][0]["tasks"]["ctr"] != ctr_known  # the request's category was used
+    unknown = client.post("/v1/rank", json={"user": {"id": "nobody"}, "candidates": [{"id": "new", "video_len": 9.0}]})
+    assert unknown.status_code == 200
+    assert unknown.json()["features_defaulted"] > r.json()["features_defaulted"]
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"candidates": []}, "candidates"),
+        ({"weights": {"likes": 1.0}}, "weights.likes"),
+        ({"weights": {"ctr": -0.5}}, "weights.ctr"),
+        ({"candidates": [{"id": "a", "video_len": 0}]}, "candidates[0].video_len"),
+        ({"candidates": [{"id": "a", "video_len": -3}]}, "candidates[0].video_len"),
+        ({"candidates": [{"id": "a", "video_len": "long"}]}, "candidates[0].video_len"),
+        ({"candidates": [{"id": "a"}]}, "candidates[0].video_len"),
+        ({"top_k": 0}, "top_k"),
+        ({"user": {"id": 42}}, "user.id"),
+        ({"user": "u1"}, "user"),
+        ({"candidates": "v1"}, "candidates"),
+        ({"context": {"hour": {"nested": 1}}}, "context.hour"),
+        ({"video_len_transform": {"kind": "cubic"}}, "video_len_transform"),
+        ({"candidates": [{"id": "a", "video_len": 3, "features": {"video_age_days": "old"}}]}, "video_age_days"),
+        ({"model": "../etc"}, "model"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(client, change, field):
+    r = client.post("/v1/rank", json={**request(n=3), **change})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["field"] is not None and error["field"].startswith(field)
+    assert error["code"] and error["message"]
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_numbers_are_rejected(client, literal):
+    body = b'{"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": ' + literal + b"}]}"
+    r = client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "candidates[0].video_len"
+
+
+def test_malformed_json_and_unknown_routes_use_the_error_shape(client):
+    r = client.post("/v1/rank", content=b'{"user": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_unknown_model_or_version_is_a_404(client):
+    assert client.post("/v1/rank", json=request(n=2, model="mmoe")).status_code == 404
+    r = client.post("/v1/rank", json=request(n=2, version=99))
+    assert r.status_code == 404 and r.json()["error"]["field"] == "version"
+
+
+def test_limits_answer_413_and_422(trained):
+    settings = Settings(models_dir=trained.models_dir, features_dir=None, max_candidates=5, max_body_bytes=2048)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/rank", json=request(n=6))
+        assert r.status_code == 422 and r.json()["error"]["field"] == "candidates"
+        r = c.post("/v1/rank", json={**request(n=2), "context": {"pad": "x" * 4000}})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_models_and_health(client):
+    models = client.get("/v1/models").json()["models"]
+    assert models[0]["name"] == "ple" and models[0]["state"] == "ready" and models[0]["active"]
+    assert models[0]["provider"] == "CPUExecutionProvider"
+    assert client.get("/health/live").status_code == 200
+    assert client.get("/health/ready").json()["status"] == "ready"
+    assert client.get("/openapi.json").json()["paths"]["/v1/rank"]["post"]
+    metrics = client.get("/metrics").text
+    assert 'ranker_request_duration_seconds_count{method="POST",route="/v1/rank",status="200"}' in metrics
+    assert "ranker_inference_duration_seconds_bucket" in metrics
+
+
+def test_without_a_model_rank_and_ready_answer_503(tmp_path):
+    with TestClient(create_app(Settings(models_dir=tmp_path, features_dir=None))) as c:
+        assert c.get("/health/live").status_code == 200
+        assert c.get("/health/ready").status_code == 503
+        r = c.post("/v1/rank", json=request(n=2))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+
+
+def test_default_transform_is_the_model_json_one(spec):
+    assert isinstance(spec.scoring.video_len_transform, LogTransform)
