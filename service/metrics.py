@@ -36,6 +36,13 @@ class Metrics:
         self.model_loads = Counter("ranker_model_loads_total", "model version loads", ["model", "result"], registry=r)
         self.model_load_seconds = Histogram("ranker_model_load_duration_seconds", "load + check + warm-up time",
                                             ["model"], registry=r)  # fmt: skip
+        self.model_swaps = Counter("ranker_model_swaps_total", "changes of the serving version or split",
+                                   ["model"], registry=r)  # fmt: skip
+        self.traffic_share = Gauge("ranker_model_traffic_share", "share of users routed to a version",
+                                   ["model", "version"], registry=r)  # fmt: skip
+        self.degraded = Counter("ranker_degraded_requests_total",
+                                "requests answered with a fallback (e.g. features defaulted because Redis failed)",
+                                ["reason"], registry=r)  # fmt: skip
         self.active_version = Gauge("ranker_model_active_version", "version serving by default", ["model"],
                                     registry=r)  # fmt: skip
 
