@@ -49,6 +49,15 @@ class Metrics:
     def observe_inference(self, mv: "ModelVersion", seconds: float) -> None:
         self.inference.labels(mv.name, str(mv.version), mv.engine.provider).observe(seconds)
 
+    def forget_version(self, model: str, version: int, provider: str) -> None:
+        """Drop an unloaded version's series, so label sets do not grow with every version ever served."""
+        for metric, labels in ((self.traffic_share, (model, str(version))),
+                               (self.inference, (model, str(version), provider))):  # fmt: skip
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+
     def observe_store(self, store: str, seconds: float, misses: int) -> None:
         self.store_latency.labels(store).observe(seconds)
         if misses:

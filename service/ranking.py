@@ -24,7 +24,9 @@ class Ranker:
     def __init__(self, registry: Registry, store: FeatureStore, settings: Settings, metrics: Metrics):
         self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
 
-    def rank(self, req: RankRequest) -> dict[str, Any]:
+    def rank(self, req: RankRequest, stages: dict[str, float] | None = None) -> dict[str, Any]:
+        """Rank one request. `stages`, when given, receives seconds spent per stage."""
+        t0 = time.perf_counter()
         self._check_limits(req)
         mv, bucket = self.registry.resolve(req.model, req.version, req.user.id)
         spec = mv.spec
@@ -32,52 +34,64 @@ class Ranker:
         transform = req.video_len_transform or spec.scoring.video_len_transform
 
         ids = [c.id for c in req.candidates]
-        start = time.perf_counter()
         fetched = self.store.fetch(req.user.id, ids)
-        self.metrics.observe_store(self.store.kind, time.perf_counter() - start, fetched.misses)
+        t1 = time.perf_counter()
+        self.metrics.observe_store(self.store.kind, t1 - t0, fetched.misses)
         if fetched.degraded:
             self.metrics.degraded.labels("feature_store").inc()
-
         shared, per_row, video_len = self._raw_features(mv, req, fetched)
         try:
             encoded = mv.transform.encode(len(ids), shared, per_row)
         except FeatureValueError as exc:
             raise ApiError(422, "invalid_feature", str(exc), exc.feature) from None
 
-        start = time.perf_counter()
+        t2 = time.perf_counter()
         outputs = mv.engine.run(encoded.as_inputs())
-        self.metrics.observe_inference(mv, time.perf_counter() - start)
+        t3 = time.perf_counter()
+        self.metrics.observe_inference(mv, t3 - t2)
+
         values = {t.name: outputs[t.output] for t in spec.tasks}
         ranking = rank(values, weights, video_len, transform, spec.scoring.eps)
-
-        chosen = ranking.order if req.top_k is None else ranking.order[: req.top_k]
-        scores = np.exp(ranking.log_score[chosen])
-        task_rows = {name: v[chosen].tolist() for name, v in values.items()}
-        items = []
-        for j, i in enumerate(chosen.tolist()):
-            item = {"id": ids[i], "score": float(scores[j]), "tasks": {t: task_rows[t][j] for t in task_rows}}
-            if req.explain:
-                item["explain"] = {
-                    "factors": {t: math.exp(lf[i]) for t, lf in ranking.log_factors.items()},
-                    "f_video_len": math.exp(ranking.log_f_video_len[i]),
-                }
-            items.append(item)
-        self.metrics.candidates.observe(len(ids))
-        return {
+        body = {
             "request_id": req.request_id,
             "model": mv.name,
             "version": mv.version,
             "bucket": bucket,
             "features_defaulted": encoded.defaulted,
             "degraded": fetched.degraded,
-            "items": items,
+            "items": self._items(ids, values, ranking, req),
         }
+        self.metrics.candidates.observe(len(ids))
+        if stages is not None:
+            stages.update(store=t1 - t0, features=t2 - t1, inference=t3 - t2, scoring=time.perf_counter() - t3)
+        return body
+
+    @staticmethod
+    def _items(ids: list[str], values: dict[str, np.ndarray], ranking, req: RankRequest) -> list[dict]:
+        chosen = ranking.order if req.top_k is None else ranking.order[: req.top_k]
+        scores = np.exp(ranking.log_score[chosen]).tolist()
+        columns = {name: v[chosen].tolist() for name, v in values.items()}
+        names = list(columns)
+        rows = zip(*columns.values())
+        items = [{"id": ids[i], "score": s, "tasks": dict(zip(names, row))}
+                 for i, s, row in zip(chosen.tolist(), scores, rows)]  # fmt: skip
+        if req.explain:
+            factors = {t: np.exp(lf[chosen]).tolist() for t, lf in ranking.log_factors.items()}
+            f_len = np.exp(ranking.log_f_video_len[chosen]).tolist()
+            for j, item in enumerate(items):
+                item["explain"] = {"factors": {t: f[j] for t, f in factors.items()}, "f_video_len": f_len[j]}
+        return items
 
     def _check_limits(self, req: RankRequest) -> None:
         limit = self.settings.max_features
         if len(req.candidates) > self.settings.max_candidates:
-            raise ApiError(422, "too_many_candidates",
+            raise ApiError(413, "too_many_candidates",
                            f"{len(req.candidates)} candidates; at most {self.settings.max_candidates}", "candidates")  # fmt: skip
+        seen: set[str] = set()
+        for i, c in enumerate(req.candidates):
+            if c.id in seen:
+                raise ApiError(422, "duplicate_candidate", f"candidate id {c.id!r} appears twice", f"candidates[{i}].id")
+            seen.add(c.id)
         for field, features in (("user.features", req.user.features), ("context", req.context)):
             if len(features) > limit:
                 raise ApiError(422, "too_many_features", f"{len(features)} features; at most {limit}", field)

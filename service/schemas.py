@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+import math
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from service.modelspec import VideoLenTransform
 from service.registry import NAME_PATTERN
 
-# A raw feature value: a JSON scalar. Strict types, so "12" stays a string and true stays a bool.
-FeatureValue = Union[StrictStr, StrictBool, StrictInt, Annotated[StrictFloat, Field(allow_inf_nan=False)], None]
+MAX_FEATURE_TEXT = 1024
+
+
+def _feature_value(value: Any) -> Any:
+    """A raw feature value is a JSON scalar, kept as sent ("12" stays text, true stays a bool)."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_FEATURE_TEXT:
+            raise ValueError(f"must be at most {MAX_FEATURE_TEXT} characters")
+        return value
+    raise ValueError("must be a string, a number, a boolean or null")
+
+
+FeatureValue = Annotated[
+    Any,
+    PlainValidator(_feature_value),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": MAX_FEATURE_TEXT}, {"type": "number"},
+                              {"type": "boolean"}, {"type": "null"}]}),  # fmt: skip
+]
 FeatureMap = dict[Annotated[str, Field(min_length=1, max_length=128)], FeatureValue]
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 

@@ -115,9 +115,15 @@ def test_request_features_override_the_store_and_defaults_are_counted(client, tr
         ({"user": "u1"}, "user"),
         ({"candidates": "v1"}, "candidates"),
         ({"context": {"hour": {"nested": 1}}}, "context.hour"),
+        ({"candidates": [{"id": "a", "video_len": 3, "features": {"tags": ["a", "b"]}}]}, "candidates[0].features.tags"),
         ({"video_len_transform": {"kind": "cubic"}}, "video_len_transform"),
         ({"candidates": [{"id": "a", "video_len": 3, "features": {"video_age_days": "old"}}]}, "video_age_days"),
         ({"model": "../etc"}, "model"),
+        ({"candidates": [{"id": "a", "video_len": 3}, {"id": "b", "video_len": 4}, {"id": "a", "video_len": 5}]},
+         "candidates[2].id"),
+        ({"user": {"id": "u", "features": {"device": "x" * 2000}}}, "user.features.device"),
+        ({"user": {"id": "u" * 300}}, "user.id"),
+        ({"unexpected": 1}, "unexpected"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(client, change, field):
@@ -129,11 +135,20 @@ def test_bad_input_is_a_422_naming_the_field(client, change, field):
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
-def test_non_finite_numbers_are_rejected(client, literal):
-    body = b'{"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": ' + literal + b"}]}"
-    r = client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    "template, field",
+    [
+        (b'{"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": %s}]}', "candidates[0].video_len"),
+        (b'{"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3}], "weights": {"ctr": %s}}', "weights.ctr"),
+        (b'{"user": {"id": "u"}, "context": {"hour": %s}, "candidates": [{"id": "a", "video_len": 3}]}', "context.hour"),
+        (b'{"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3}], '
+         b'"video_len_transform": {"kind": "power", "alpha": %s}}', "video_len_transform.power.alpha"),
+    ],
+)
+def test_non_finite_numbers_anywhere_are_rejected(client, literal, template, field):
+    r = client.post("/v1/rank", content=template % literal, headers={"content-type": "application/json"})
     assert r.status_code == 422
-    assert r.json()["error"]["field"] == "candidates[0].video_len"
+    assert r.json()["error"]["field"] == field
 
 
 def test_malformed_json_and_unknown_routes_use_the_error_shape(client):
@@ -153,7 +168,7 @@ def test_limits_answer_413_and_422(trained):
     settings = Settings(models_dir=trained.models_dir, features_dir=None, max_candidates=5, max_body_bytes=2048)
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/rank", json=request(n=6))
-        assert r.status_code == 422 and r.json()["error"]["field"] == "candidates"
+        assert r.status_code == 413 and r.json()["error"]["field"] == "candidates"
         r = c.post("/v1/rank", json={**request(n=2), "context": {"pad": "x" * 4000}})
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 

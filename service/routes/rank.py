@@ -13,4 +13,7 @@ ERRORS = {code: {"model": ErrorResponse} for code in (404, 413, 422, 503)}
 def rank(body: RankRequest, ranker: RankerDep) -> JSONBytes:
     """Score every candidate in one inference call and return them best first."""
     # A plain def: FastAPI runs it in the threadpool, so inference never blocks the event loop.
-    return JSONBytes(ranker.rank(body))
+    stages: dict[str, float] = {}
+    result = ranker.rank(body, stages)
+    timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items())
+    return JSONBytes(result, headers={"Server-Timing": timing})

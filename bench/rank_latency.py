@@ -1,0 +1,164 @@
+"""Where a /v1/rank request's time goes, beside bare ONNX Runtime on the same batch.
+
+For 100, 500 and 1,000 candidates:
+  bare ORT     session.run on already-encoded inputs (the floor)
+  in-process   parse (pydantic) + store + features + inference + scoring + JSON encode, no HTTP
+  HTTP         a real `ranker-serve` process over loopback: sequential latency, then throughput
+               with concurrent keep-alive clients
+Prints a table and writes bench/results/rank_latency.json.
+
+    python bench/rank_latency.py [--models models] [--name ple] [--repeat 300] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, newest_version, percentiles_ms, print_table, served, write_result  # noqa: E402
+
+from service.app import create_app  # noqa: E402
+from service.schemas import RankRequest  # noqa: E402
+from service.settings import Settings  # noqa: E402
+from service.store import read_table  # noqa: E402
+
+SIZES = (100, 500, 1000)
+
+
+def make_request(n: int, features_dir: Path) -> bytes:
+    items = list(read_table(features_dir / "items.jsonl"))[:n] if (features_dir / "items.jsonl").exists() else []
+    candidates = [{"id": row_id, "video_len": f.get("video_len", 30.0)} for row_id, f in items]
+    candidates += [{"id": f"new{i}", "video_len": 5.0 + i % 300} for i in range(n - len(candidates))]
+    return orjson.dumps({"user": {"id": "u42"}, "context": {"network": "wifi", "hour": 21}, "candidates": candidates})
+
+
+def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], repeat: int) -> tuple[dict, dict]:
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(models_dir=models, features_dir=features, watch="off"))
+    with TestClient(app):  # runs the lifespan: loads the model and the store
+        ranker = app.state.ranker
+        mv, _ = app.state.registry.resolve(None, None, "u42")
+        bare, service = {}, {}
+        for n, body in bodies.items():
+            req = RankRequest.model_validate_json(body)
+            stages: dict[str, float] = {}
+            ranker.rank(req, stages)
+            encoded = mv.transform.encode(n, *ranker._raw_features(mv, req, ranker.store.fetch("u42", [c.id for c in req.candidates]))[:2])
+            inputs = encoded.as_inputs()
+            for _ in range(20):
+                mv.engine.session.run(None, inputs)
+            times = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                mv.engine.session.run(None, inputs)
+                times.append(time.perf_counter() - t)
+            bare[n] = percentiles_ms(times)
+
+            totals, per_stage = [], {k: [] for k in ("parse", "store", "features", "inference", "scoring", "encode")}
+            for _ in range(repeat):
+                t = time.perf_counter()
+                req = RankRequest.model_validate_json(body)
+                t_parse = time.perf_counter()
+                stages = {}
+                result = ranker.rank(req, stages)
+                t_rank = time.perf_counter()
+                orjson.dumps(result)
+                t_end = time.perf_counter()
+                totals.append(t_end - t)
+                per_stage["parse"].append(t_parse - t)
+                per_stage["encode"].append(t_end - t_rank)
+                for k, v in stages.items():
+                    per_stage[k].append(v)
+            service[n] = {**percentiles_ms(totals),
+                          "stages_p50_ms": {k: float(np.median(v) * 1000) for k, v in per_stage.items()}}  # fmt: skip
+    return bare, service
+
+
+async def _load(url: str, body: bytes, concurrency: int, seconds: float) -> tuple[int, int, list[float]]:
+    import httpx
+
+    ok = failed = 0
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def worker():
+            nonlocal ok, failed
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                r = await client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
+                latencies.append(time.perf_counter() - t)
+                if r.status_code == 200:
+                    ok += 1
+                else:
+                    failed += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok, failed, latencies
+
+
+def bench_http(models: Path, features: Path, bodies: dict[int, bytes], repeat: int, seconds: float, concurrency: int) -> dict:
+    import httpx
+
+    out = {}
+    with served(models, {"RANKER_FEATURES_DIR": str(features), "RANKER_WATCH": "off"}) as (url, _):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for n, body in bodies.items():
+                for _ in range(20):
+                    client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
+                times = []
+                for _ in range(repeat):
+                    t = time.perf_counter()
+                    r = client.post("/v1/rank", content=body, headers={"content-type": "application/json"})
+                    times.append(time.perf_counter() - t)
+                    assert r.status_code == 200, r.text
+                ok, failed, _ = asyncio.run(_load(url, body, concurrency, seconds))
+                out[n] = {**percentiles_ms(times), "throughput_rps": ok / seconds, "failed": failed,
+                          "concurrency": concurrency}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--features", type=Path, default=ROOT / "data" / "features")
+    p.add_argument("--name", default="ple")
+    p.add_argument("--repeat", type=int, default=300)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--concurrency", type=int, default=4)
+    args = p.parse_args()
+    version = newest_version(args.models, args.name)
+    bodies = {n: make_request(n, args.features) for n in SIZES}
+    bare, service = bench_in_process(args.models, args.features, bodies, args.repeat)
+    http = bench_http(args.models, args.features, bodies, args.repeat, args.seconds, args.concurrency)
+
+    print(f"model {version} — p50/p95/p99 in ms")
+    rows = []
+    for n in SIZES:
+        rows.append([n, "bare ORT", bare[n]["p50_ms"], bare[n]["p95_ms"], bare[n]["p99_ms"], "", ""])
+        rows.append([n, "in-process", service[n]["p50_ms"], service[n]["p95_ms"], service[n]["p99_ms"],
+                     f"{service[n]['p50_ms'] / bare[n]['p50_ms']:.2f}x", ""])  # fmt: skip
+        rows.append([n, "HTTP", http[n]["p50_ms"], http[n]["p95_ms"], http[n]["p99_ms"],
+                     f"{http[n]['p50_ms'] / bare[n]['p50_ms']:.2f}x", f"{http[n]['throughput_rps']:.0f}"])  # fmt: skip
+    print_table(["cands", "path", "p50", "p95", "p99", "vs ORT", "req/s"], rows)
+    print("\nin-process stage medians (ms):")
+    stage_names = list(service[SIZES[0]]["stages_p50_ms"])
+    print_table(["cands", *stage_names], [[n, *service[n]["stages_p50_ms"].values()] for n in SIZES])
+    path = write_result("rank_latency", {"model": str(version.relative_to(ROOT) if version.is_relative_to(ROOT) else version),
+                                         "model_json": json.loads((version / "model.json").read_text())["hyperparameters"],
+                                         "bare_ort": bare, "in_process": service, "http": http})  # fmt: skip
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
