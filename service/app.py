@@ -13,7 +13,7 @@ from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.ranking import Ranker
 from service.registry import Registry
-from service.routes import admin, health, metrics, models, rank
+from service.routes import admin, health, kserve, metrics, models, rank
 from service.settings import Settings
 from service.store import FeatureStore, InProcessStore, RedisStore, load_tables, redis_client
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics_
     install_error_handlers(app)
-    for router in (rank.router, models.router, admin.router, health.router, metrics.router):
+    for router in (rank.router, models.router, admin.router, kserve.router, health.router, metrics.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics_)

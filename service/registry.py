@@ -394,12 +394,25 @@ class Registry:
         name = name or self.default_name()
         bucket = user_bucket(user_id)
         if version is not None:
-            entry = self._ready_entry(name, version)
-            return entry.handle, bucket
+            return self.pinned(name, version), bucket
+        return self._serving_routing(name, "model").pick(bucket), bucket
+
+    def pinned(self, name: str, version: int) -> ModelVersion:
+        """A named, ready version (404 if unknown, 409 if loading or failed)."""
+        handle = self._ready_entry(name, version).handle
+        assert handle is not None
+        return handle
+
+    def serving(self, name: str) -> ModelVersion:
+        """The active version of a model (the one users outside any split arm get)."""
+        routing = self._serving_routing(name, "name")
+        return next(mv for mv in routing.versions if mv.version == routing.state.active)
+
+    def _serving_routing(self, name: str, field: str) -> Routing:
         routing = self._routing.get(name)
         if routing is None:
-            raise ApiError(404, "model_not_found", f"model {name!r} is not serving", "model")
-        return routing.pick(bucket), bucket
+            raise ApiError(404, "model_not_found", f"model {name!r} is not serving", field)
+        return routing
 
     def handle(self, name: str, version: int) -> ModelVersion | None:
         entry = self._entries.get(name, {}).get(version)

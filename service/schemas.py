@@ -55,7 +55,25 @@ class Candidate(_Wire):
     features: FeatureMap = {}
 
 
+RANK_EXAMPLE = {
+    "request_id": "feed-refresh-1",
+    "user": {"id": "u42", "features": {"age_bucket": "25-34", "device": "ios"}},
+    "context": {"network": "wifi", "hour": 21},
+    "candidates": [
+        {"id": "v1", "video_len": 35.0, "features": {"category": "music"}},
+        {"id": "v2", "video_len": 12.0},
+        {"id": "v3", "video_len": 180.0, "features": {"category": "comedy", "author_tier": "star"}},
+    ],
+    "top_k": 2,
+    "weights": {"vtr": 1.0, "vcr": 0.6, "shr": 0.2, "cmr": 0.1},
+    "video_len_transform": {"kind": "sigmoid", "mu": 30.0, "s": 15.0},
+    "explain": True,
+}
+
+
 class RankRequest(_Wire):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [RANK_EXAMPLE]})
+
     request_id: Annotated[str, Field(max_length=128)] | None = None
     user: User
     context: FeatureMap = {}
@@ -106,10 +124,14 @@ class ErrorResponse(BaseModel):
 
 
 class ActivateRequest(_Wire):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 4}]})
+
     version: Annotated[int, Field(ge=1)]
 
 
 class SplitRequest(_Wire):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"weights": {"3": 0.9, "4": 0.1}}]})
+
     weights: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         min_length=1, description='traffic weight per version, e.g. {"3": 0.9, "4": 0.1}; normalised to sum 1'
     )

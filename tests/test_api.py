@@ -195,3 +195,13 @@ def test_without_a_model_rank_and_ready_answer_503(tmp_path):
 
 def test_default_transform_is_the_model_json_one(spec):
     assert isinstance(spec.scoring.video_len_transform, LogTransform)
+
+
+def test_the_openapi_examples_are_valid_requests(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    examples = schemas["RankRequest"]["examples"]
+    assert examples
+    for example in examples:
+        r = client.post("/v1/rank", json=example)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["items"]) == min(example.get("top_k") or 99, len(example["candidates"]))
