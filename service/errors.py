@@ -47,7 +47,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        field = field_path(first.get("loc", ()))
+        loc = tuple(first.get("loc", ()))
+        # The body itself is the problem (not JSON, not an object): name it rather than a position.
+        kind = first.get("type")
+        whole_body = kind == "json_invalid" or (kind in ("model_attributes_type", "dict_type", "missing") and len(loc) == 1)
+        field = "body" if whole_body and loc[:1] == ("body",) else field_path(loc)
         message = f"{field}: {first['msg']}" if field else first["msg"]
         if len(errors) > 1:
             message += f" (and {len(errors) - 1} more)"
@@ -56,9 +60,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         request.state.error_kind = code
-        return error_response(exc.status_code, code, str(exc.detail))
+        return error_response(exc.status_code, code, str(exc.detail), "body" if exc.status_code == 400 else None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # Request limits: past them a 413 (body) or 422 (counts) names what was too large.
     max_candidates: int = Field(2000, ge=1)
     max_body_bytes: int = Field(4 << 20, ge=1024)
+    body_timeout_s: float = Field(10.0, gt=0)  # the whole body must arrive within this (408 otherwise)
     max_features: int = Field(256, ge=1)  # per user, context or candidate
 
     @field_validator("features_dir", "redis_url", "admin_token", "default_model", mode="before")
