@@ -9,10 +9,11 @@ from fastapi import FastAPI
 
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
+from service.livestats import LiveStats
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.ranking import Ranker
 from service.registry import Registry
-from service.routes import health, metrics, models, rank
+from service.routes import dashboard, health, metrics, models, rank
 from service.settings import Settings
 from service.store import InProcessStore
 
@@ -27,12 +28,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         registry = Registry(settings)
         registry.scan()
-        for name in sorted({m["name"] for m in registry.describe()}):
-            for row in registry.describe():
-                if row["name"] == name:
-                    metrics_.model_loads.labels(name, "ok" if row["state"] == "ready" else "failed").inc()
-                    if row["active"]:
-                        metrics_.active_version.labels(name).set(row["version"])
+        for row in registry.describe():
+            metrics_.model_loads.labels(row["name"], "ok" if row["state"] == "ready" else "failed").inc()
+            if row["state"] == "ready":
+                metrics_.model_load_seconds.labels(row["name"]).observe(row["load_seconds"])
+        metrics_.record_models(registry.describe())
         store = InProcessStore.from_dir(settings.features_dir)
         app.state.registry = registry
         app.state.ranker = Ranker(registry, store, settings, metrics_)
@@ -49,8 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics_
+    app.state.live_stats = LiveStats(metrics_.registry)  # windows for the /dashboard page
     install_error_handlers(app)
-    for router in (rank.router, models.router, health.router, metrics.router):
+    for router in (rank.router, models.router, health.router, metrics.router, dashboard.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics_)
