@@ -7,17 +7,32 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.control import ControlPlane, InProcessControl, RedisControl
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.livestats import LiveStats
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.ranking import Ranker
 from service.registry import Registry
-from service.routes import dashboard, health, metrics, models, rank
+from service.routes import admin, dashboard, health, metrics, models, rank
 from service.settings import Settings
-from service.store import InProcessStore
+from service.store import FeatureStore, InProcessStore, RedisStore, load_tables, redis_client
 
 log = logging.getLogger("ranker")
+
+
+def build_backends(settings: Settings) -> tuple[FeatureStore, ControlPlane]:
+    """Redis when a URL is configured, else the embedded in-process store and control plane."""
+    if settings.redis_url:
+        features = RedisStore(redis_client(settings.redis_url, settings.redis_timeout_ms / 1000), settings.redis_prefix)
+        # The control plane tolerates a slower Redis than the per-request feature fetch.
+        control = RedisControl(redis_client(settings.redis_url, 2.0), settings.redis_prefix, settings.control_resync_s)
+        return features, control
+    store = InProcessStore()
+    if settings.features_dir is not None:
+        counts = load_tables(store, settings.features_dir)
+        log.info("embedded feature store: %s", counts)
+    return store, InProcessControl()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,20 +41,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        registry = Registry(settings)
-        registry.scan()
-        for row in registry.describe():
-            metrics_.model_loads.labels(row["name"], "ok" if row["state"] == "ready" else "failed").inc()
-            if row["state"] == "ready":
-                metrics_.model_load_seconds.labels(row["name"]).observe(row["load_seconds"])
-        metrics_.record_models(registry.describe())
-        store = InProcessStore.from_dir(settings.features_dir)
+        store, control = build_backends(settings)
+        registry = Registry(settings, metrics_, control)
+        registry.start()
         app.state.registry = registry
         app.state.ranker = Ranker(registry, store, settings, metrics_)
         providers = sorted({m["provider"] for m in registry.describe() if m["state"] == "ready"})
-        log.info("serving %s from %s; providers %s; store %s", [m["name"] + "/" + str(m["version"])
+        log.info("serving %s from %s; providers %s; feature store %s", [m["name"] + "/" + str(m["version"])
                  for m in registry.describe() if m["active"]], settings.models_dir, providers, store.kind)  # fmt: skip
-        yield
+        try:
+            yield
+        finally:
+            registry.close()
 
     app = FastAPI(
         title="ple-ranker",
@@ -51,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics_
     app.state.live_stats = LiveStats(metrics_.registry)  # windows for the /dashboard page
     install_error_handlers(app)
-    for router in (rank.router, models.router, health.router, metrics.router, dashboard.router):
+    for router in (rank.router, models.router, admin.router, health.router, metrics.router, dashboard.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics_)

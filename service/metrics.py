@@ -51,15 +51,6 @@ class Metrics:
         # Saturation: requests being handled right now (queueing shows here before it shows in p99).
         self.in_flight = Gauge("ranker_requests_in_flight", "HTTP requests being handled", registry=r)
 
-    def record_models(self, rows: list[dict]) -> None:
-        """Set the version gauges from Registry.describe() rows (at start-up and after a change)."""
-        for row in rows:
-            if row["state"] != "ready":
-                continue
-            self.traffic_share.labels(row["name"], str(row["version"])).set(row["traffic_share"])
-            if row["active"]:
-                self.active_version.labels(row["name"]).set(row["version"])
-
     def observe_inference(self, mv: "ModelVersion", seconds: float) -> None:
         self.inference.labels(mv.name, str(mv.version), mv.engine.provider).observe(seconds)
 

@@ -35,6 +35,8 @@ class Ranker:
         start = time.perf_counter()
         fetched = self.store.fetch(req.user.id, ids)
         self.metrics.observe_store(self.store.kind, time.perf_counter() - start, fetched.misses)
+        if fetched.degraded:
+            self.metrics.degraded.labels("feature_store").inc()
 
         shared, per_row, video_len = self._raw_features(mv, req, fetched)
         try:
@@ -67,6 +69,7 @@ class Ranker:
             "version": mv.version,
             "bucket": bucket,
             "features_defaulted": encoded.defaulted,
+            "degraded": fetched.degraded,
             "items": items,
         }
 

@@ -1,23 +1,29 @@
-"""The model repository: scan models/<name>/<version>/, load, check, warm up, serve.
+"""The model repository: models/<name>/<version>/ folders, loaded, checked, warmed up, routed.
 
-Loading is one path for the first version and every later one: read and check model.json, verify
+One path loads the first version and every later one: read and check model.json, verify
 model.onnx's sha256, open the ONNX Runtime session, check its tensors against model.json, warm it
-up, and only then publish it (a dict assignment, atomic under the GIL). A version that fails is
-recorded with its reason and never replaces a serving one.
+up, and only then make it routable. Routing per model is an immutable `Routing` object replaced by
+one assignment, so a request that picked a version finishes on it, and the old session is freed
+when its last request lets go. A version that fails anywhere is marked failed with its reason and
+never touches what serves.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.control import ControlPlane, ControlUnavailable, RoutingState
 from service.engine import InferenceEngine
 from service.errors import ApiError
 from service.features import FeatureTransform, stable_hash
+from service.metrics import Metrics
 from service.modelspec import ModelSpec, sha256_file
 from service.settings import Settings
 
@@ -26,7 +32,7 @@ log = logging.getLogger("ranker.registry")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
 _ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
-N_BUCKETS = 100  # users are hashed into 100 A/B buckets
+N_BUCKETS = 10_000  # users hash into this many A/B buckets; a split assigns bucket ranges
 
 
 class LoadError(Exception):
@@ -35,6 +41,8 @@ class LoadError(Exception):
 
 @dataclass
 class ModelVersion:
+    """A loaded, checked and warmed-up version: everything a request needs."""
+
     name: str
     version: int
     path: Path
@@ -42,18 +50,19 @@ class ModelVersion:
     engine: InferenceEngine
     transform: FeatureTransform
     load_seconds: float
-    loaded_at: float = field(default_factory=time.time)
 
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "state": "ready",
-            "family": self.spec.family,
-            "provider": self.engine.provider,
-            "tasks": [t.name for t in self.spec.tasks],
-            "load_seconds": round(self.load_seconds, 4),
-        }
+
+@dataclass
+class VersionEntry:
+    """What the registry knows of one version folder."""
+
+    name: str
+    version: int
+    state: str  # loading | ready | failed
+    handle: ModelVersion | None = None
+    reason: str | None = None
+    signature: tuple = ()
+    since: float = field(default_factory=time.time)
 
 
 def check_tensors(spec: ModelSpec, engine: InferenceEngine) -> None:
@@ -66,11 +75,10 @@ def check_tensors(spec: ModelSpec, engine: InferenceEngine) -> None:
     for t in spec.outputs:
         if session_outputs.get(t.name) != _ORT_DTYPES[t.dtype]:
             raise LoadError(f"model.onnx lacks output {t.name!r} of {t.dtype} (has {session_outputs})")
-    expected = {"sparse_ids": len([f for f in spec.features if f.kind == "sparse"]),
-                "dense": len([f for f in spec.features if f.kind == "dense"])}  # fmt: skip
+    widths = {t.name: t.shape[-1] for t in spec.inputs}
     for i in engine.session.get_inputs():
-        if i.shape[-1] != expected.get(i.name, i.shape[-1]):
-            raise LoadError(f"input {i.name!r} has width {i.shape[-1]}, the feature schema {expected[i.name]}")
+        if isinstance(i.shape[-1], int) and i.shape[-1] != widths[i.name]:
+            raise LoadError(f"input {i.name!r} has width {i.shape[-1]}, model.json says {widths[i.name]}")
 
 
 def load_version(path: Path, settings: Settings) -> ModelVersion:
@@ -83,6 +91,9 @@ def load_version(path: Path, settings: Settings) -> ModelVersion:
         raise LoadError(f"model.json does not check out: {exc}") from None
     if spec.name != path.parent.name or str(spec.version) != path.name:
         raise LoadError(f"model.json names {spec.name}/{spec.version}, the folder is {path.parent.name}/{path.name}")
+    transform = FeatureTransform(spec.features)
+    if [t.model_dump() for t in spec.inputs] != [t.model_dump() for t in transform.input_specs()]:
+        raise LoadError("model.json's inputs do not match its feature schema")
     onnx_path = path / "model.onnx"
     if not onnx_path.is_file():
         raise LoadError("model.onnx is missing")
@@ -99,8 +110,10 @@ def load_version(path: Path, settings: Settings) -> ModelVersion:
     except Exception as exc:  # ORT raises several types for a broken graph
         raise LoadError(f"ONNX Runtime cannot open model.onnx: {exc}") from None
     check_tensors(spec, engine)
-    transform = FeatureTransform(spec.features)
-    engine.warm_up(transform.encode(1).as_inputs(), engine.buckets)
+    try:
+        engine.warm_up(transform.encode(1).as_inputs(), engine.buckets)
+    except Exception as exc:
+        raise LoadError(f"warm-up inference failed: {exc}") from None
     return ModelVersion(spec.name, spec.version, path, spec, engine, transform, time.perf_counter() - start)
 
 
@@ -108,75 +121,316 @@ def user_bucket(user_id: str) -> int:
     return stable_hash(f"ab\x1f{user_id}") % N_BUCKETS
 
 
+class Routing:
+    """Immutable: which loaded version each A/B bucket goes to."""
+
+    def __init__(self, state: RoutingState, handles: dict[int, ModelVersion]):
+        self.state = state
+        weights = sorted(state.weights().items())
+        self.versions = [handles[v] for v, _ in weights]
+        total, bounds = 0.0, []
+        for _, w in weights:
+            total += w
+            bounds.append(round(total * N_BUCKETS))
+        bounds[-1] = N_BUCKETS
+        self.bounds = bounds  # bucket b goes to the first version whose bound exceeds b
+
+    def pick(self, bucket: int) -> ModelVersion:
+        return self.versions[bisect.bisect_right(self.bounds, bucket)]
+
+
+def folder_signature(path: Path) -> tuple:
+    """Changes when files in the folder change (a copy in progress, a replaced file)."""
+    try:
+        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir()))
+    except OSError:
+        return ()
+
+
 class Registry:
-    """Loaded versions per model name, and which one serves."""
-
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics: Metrics, control: ControlPlane):
         self.settings = settings
-        self._versions: dict[str, dict[int, ModelVersion]] = {}
-        self._active: dict[str, int] = {}
-        self.failed: dict[str, str] = {}  # "name/version" -> reason
-        self._lock = threading.Lock()  # serialises loads; readers never take it
+        self.metrics = metrics
+        self.control = control
+        self.root = settings.models_dir
+        self._entries: dict[str, dict[int, VersionEntry]] = defaultdict(dict)
+        self._routing: dict[str, Routing] = {}
+        self._seen: dict[str, set[int]] = defaultdict(set)  # folders the watcher has handled
+        self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
-    def scan(self) -> None:
-        """Load the newest loadable version of every model in the repository."""
-        root = self.settings.models_dir
-        if not root.is_dir():
-            log.warning("models directory %s does not exist; nothing to serve", root)
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        for name in self.model_names():
+            self._start_model(name)
+        self.control.start(self.sync_from_control, self.model_names)
+        if self.settings.watch != "off":
+            self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher:
+            self._watcher.join(timeout=5)
+        self.control.close()
+
+    def _start_model(self, name: str) -> None:
+        versions = self.versions_on_disk(name)
+        self._seen[name].update(versions)
+        try:
+            shared = self.control.read(name)
+        except ControlUnavailable as exc:
+            log.warning("control plane unavailable at start (%s); serving the newest version of %s", exc, name)
+            shared = None
+        if shared is not None and self._apply(name, shared):
             return
-        for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
-            versions = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
-            for version in versions:
-                if self.load(model_dir.name, version, activate=True):
-                    break
+        for version in sorted(versions, reverse=True):
+            if self.load(name, version).state == "ready":
+                state = RoutingState(version)
+                self._set_routing(name, state)
+                if shared is None:  # first replica to serve this model: record it for the others
+                    self._write_control(name, state, required=False)
+                return
 
-    def load(self, name: str, version: int, activate: bool) -> ModelVersion | None:
-        key = f"{name}/{version}"
-        with self._lock:
+    # ---- the repository on disk ----
+
+    def model_names(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        except OSError as exc:
+            log.error("models directory %s unreadable: %s", self.root, exc)
+            return []
+
+    def versions_on_disk(self, name: str) -> list[int]:
+        try:
+            return sorted(int(p.name) for p in (self.root / name).iterdir() if p.is_dir() and p.name.isdigit())
+        except OSError:
+            return []
+
+    def version_path(self, name: str, version: int) -> Path:
+        """The folder of a version, refusing names and links that lead out of the repository."""
+        if not _NAME.match(name) or version < 1:
+            raise ApiError(422, "invalid_name", "model names are letters, digits, '_', '.', '-'", "name")
+        path = self.root / name / str(version)
+        try:
+            inside = path.resolve().is_relative_to(self.root.resolve())
+        except OSError:
+            inside = False
+        if not inside:
+            raise ApiError(422, "outside_repository", f"{name}/{version} leads outside the model repository", "name")
+        return path
+
+    # ---- loading ----
+
+    def load(self, name: str, version: int) -> VersionEntry:
+        """Load, check and warm up one version (no routing change). Safe to call again."""
+        with self._locks[name]:
+            current = self._entries[name].get(version)
+            if current is not None and current.state == "ready":
+                return current
+            path = self.version_path(name, version)
+            entry = VersionEntry(name, version, "loading", signature=folder_signature(path))
+            self._entries[name][version] = entry
             try:
-                loaded = load_version(self.settings.models_dir / name / str(version), self.settings)
+                handle = load_version(path, self.settings)
             except (LoadError, OSError) as exc:
-                self.failed[key] = str(exc)
-                log.error("model %s failed to load: %s", key, exc)
-                return None
-            self.failed.pop(key, None)
-            self._versions.setdefault(name, {})[version] = loaded
-            if activate:
-                self._active[name] = version
-            log.info("model %s ready on %s in %.3fs", key, loaded.engine.provider, loaded.load_seconds)
-            return loaded
+                entry.state, entry.reason = "failed", str(exc)
+                self.metrics.model_loads.labels(name, "failed").inc()
+                log.error("model %s/%s failed to load: %s", name, version, exc)
+                return entry
+            entry.handle, entry.state, entry.since = handle, "ready", time.time()
+            self.metrics.model_loads.labels(name, "ok").inc()
+            self.metrics.model_load_seconds.labels(name).observe(handle.load_seconds)
+            log.info("model %s/%s ready on %s in %.3fs", name, version, handle.engine.provider, handle.load_seconds)
+            return entry
+
+    # ---- routing ----
+
+    def _apply(self, name: str, state: RoutingState) -> bool:
+        """Route per `state`, loading what it needs; keeps the current routing if anything fails."""
+        with self._locks[name]:
+            current = self._routing.get(name)
+            if current is not None and current.state == state:
+                return True
+            for version in state.weights():
+                if not (self.root / name / str(version)).is_dir() and version not in self._entries[name]:
+                    log.error("control state of %s names version %s, which is not in the repository", name, version)
+                    return False
+                if self.load(name, version).state != "ready":
+                    return False
+            self._set_routing(name, state)
+            return True
+
+    def _set_routing(self, name: str, state: RoutingState) -> None:
+        handles = {v: self._entries[name][v].handle for v in state.weights()}
+        previous = self._routing.get(name)
+        self._routing[name] = Routing(state, handles)  # the atomic switch
+        if previous is not None:
+            self.metrics.model_swaps.labels(name).inc()
+            for v in previous.state.weights():
+                self.metrics.traffic_share.labels(name, str(v)).set(0.0)
+        for v, w in state.weights().items():
+            self.metrics.traffic_share.labels(name, str(v)).set(w)
+        self.metrics.active_version.labels(name).set(state.active)
+        log.info("model %s now routes %s", name, state.weights())
+
+    def sync_from_control(self, name: str) -> None:
+        """Apply the shared state of `name` (called by the control plane's listener)."""
+        state = self.control.read(name)
+        if state is not None:
+            self._apply(name, state)
+
+    def _write_control(self, name: str, state: RoutingState, required: bool = True) -> None:
+        try:
+            self.control.write(name, state)
+        except ControlUnavailable as exc:
+            if required:
+                raise ApiError(503, "control_unavailable", f"cannot share the change with replicas: {exc}") from None
+            log.warning("could not record %s's routing in the control plane: %s", name, exc)
+
+    def _ready_entry(self, name: str, version: int) -> VersionEntry:
+        entry = self._entries.get(name, {}).get(version)
+        if entry is None:
+            raise ApiError(404, "version_not_found", f"{name}/{version} is not loaded", "version")
+        if entry.state != "ready":
+            raise ApiError(409, "version_not_ready", f"{name}/{version} is {entry.state}", "version")
+        return entry
+
+    # ---- admin operations ----
+
+    def admin_load(self, name: str, version: int) -> VersionEntry:
+        if not self.version_path(name, version).is_dir():
+            raise ApiError(404, "version_not_found", f"no folder {name}/{version} in the repository", "version")
+        self._seen[name].add(version)
+        return self.load(name, version)
+
+    def activate(self, name: str, version: int) -> RoutingState:
+        with self._locks[name]:
+            self._ready_entry(name, version)
+            state = RoutingState(version)
+            self._write_control(name, state)
+            self._set_routing(name, state)
+            return state
+
+    def split(self, name: str, weights: dict[int, float]) -> RoutingState:
+        with self._locks[name]:
+            for version in weights:
+                self._ready_entry(name, version)
+            total = sum(weights.values())
+            if total <= 0:
+                raise ApiError(422, "invalid_split", "split weights must have a positive sum", "weights")
+            shares = {v: w / total for v, w in weights.items() if w > 0}
+            active = max(shares, key=lambda v: (shares[v], v))
+            state = RoutingState(active, shares if len(shares) > 1 else None)
+            self._write_control(name, state)
+            self._set_routing(name, state)
+            return state
+
+    def rollback(self, name: str) -> RoutingState:
+        with self._locks[name]:
+            if name not in self._routing:
+                raise ApiError(404, "model_not_found", f"model {name!r} is not serving", "name")
+            try:
+                state = self.control.rollback(name)
+            except ControlUnavailable as exc:
+                raise ApiError(503, "control_unavailable", f"cannot share the change with replicas: {exc}") from None
+            if state is None:
+                raise ApiError(409, "no_history", f"model {name!r} has no earlier state to roll back to")
+            if not self._apply(name, state):
+                raise ApiError(409, "rollback_failed", f"the earlier state {state.weights()} cannot be loaded")
+            return state
+
+    def unload(self, name: str, version: int) -> None:
+        with self._locks[name]:
+            if version not in self._entries.get(name, {}):
+                raise ApiError(404, "version_not_found", f"{name}/{version} is not loaded", "version")
+            routing = self._routing.get(name)
+            if routing is not None and version in routing.state.weights():
+                raise ApiError(409, "version_serving", f"{name}/{version} receives traffic; route it away first", "version")
+            del self._entries[name][version]  # in-flight requests keep their own reference
+            try:
+                self.metrics.traffic_share.remove(name, str(version))
+            except KeyError:
+                pass
+            log.info("model %s/%s unloaded", name, version)
+
+    # ---- the request path ----
 
     def ready(self) -> bool:
-        return bool(self._active)
+        return bool(self._routing)
 
     def default_name(self) -> str | None:
         preferred = self.settings.default_model or "ple"
-        if preferred in self._active:
+        if preferred in self._routing:
             return preferred
-        return next(iter(sorted(self._active)), None)
+        return next(iter(sorted(self._routing)), None)
 
     def resolve(self, name: str | None, version: int | None, user_id: str) -> tuple[ModelVersion, int]:
         """The version a request runs on, and the user's A/B bucket."""
-        if not self._active:
+        if not self._routing:
             raise ApiError(503, "not_ready", "no model is loaded yet")
         name = name or self.default_name()
-        if name not in self._active:
-            raise ApiError(404, "model_not_found", f"model {name!r} is not loaded", "model")
-        versions = self._versions[name]
-        if version is None:
-            version = self._active[name]
-        elif version not in versions:
-            raise ApiError(404, "version_not_found", f"model {name!r} has no loaded version {version}", "version")
-        return versions[version], user_bucket(user_id)
+        bucket = user_bucket(user_id)
+        if version is not None:
+            entry = self._ready_entry(name, version)
+            return entry.handle, bucket
+        routing = self._routing.get(name)
+        if routing is None:
+            raise ApiError(404, "model_not_found", f"model {name!r} is not serving", "model")
+        return routing.pick(bucket), bucket
 
-    def describe(self) -> list[dict]:
+    def handle(self, name: str, version: int) -> ModelVersion | None:
+        entry = self._entries.get(name, {}).get(version)
+        return entry.handle if entry else None
+
+    def describe(self, name: str | None = None) -> list[dict]:
         rows = []
-        for name, versions in sorted(self._versions.items()):
-            for version, mv in sorted(versions.items()):
-                active = self._active.get(name) == version
-                rows.append({**mv.describe(), "active": active, "traffic_share": 1.0 if active else 0.0})
-        for key, reason in sorted(self.failed.items()):
-            name, version = key.split("/")
-            rows.append({"name": name, "version": int(version), "state": "failed", "reason": reason,
-                         "active": False, "traffic_share": 0.0})  # fmt: skip
+        for model in sorted(self._entries) if name is None else [name]:
+            if model not in self._entries:
+                continue
+            routing = self._routing.get(model)
+            weights = routing.state.weights() if routing else {}
+            for version, entry in sorted(self._entries.get(model, {}).items()):
+                row = {"name": model, "version": version, "state": entry.state,
+                       "active": routing is not None and routing.state.active == version,
+                       "traffic_share": weights.get(version, 0.0)}  # fmt: skip
+                if entry.handle is not None:
+                    spec = entry.handle.spec
+                    row.update(family=spec.family, provider=entry.handle.engine.provider,
+                               tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
+                               load_seconds=round(entry.handle.load_seconds, 4))  # fmt: skip
+                if entry.reason:
+                    row["reason"] = entry.reason
+                rows.append(row)
         return rows
+
+    # ---- the watcher ----
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.watch_interval_s):
+            try:
+                self.poll()
+            except Exception:  # the watcher must outlive any one bad folder
+                log.exception("model watcher poll failed")
+
+    def poll(self) -> None:
+        """Load version folders that appeared (or failed and changed since); in `auto`, route to a newer one."""
+        for name in self.model_names():
+            for version in self.versions_on_disk(name):
+                entry = self._entries.get(name, {}).get(version)
+                if entry is None and version in self._seen[name]:
+                    continue
+                if entry is not None and not (entry.state == "failed" and entry.signature != folder_signature(self.root / name / str(version))):
+                    continue
+                self._seen[name].add(version)
+                if self.load(name, version).state != "ready":
+                    continue
+                routing = self._routing.get(name)
+                newest = max(routing.state.weights()) if routing else 0
+                if self.settings.watch == "auto" and version > newest:
+                    with self._locks[name]:
+                        state = RoutingState(version)
+                        self._write_control(name, state, required=False)
+                        self._set_routing(name, state)

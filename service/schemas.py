@@ -63,8 +63,9 @@ class RankResponse(BaseModel):
     request_id: str | None
     model: str
     version: int
-    bucket: int = Field(description="the user's A/B bucket (0-99), a stable hash of the user id")
+    bucket: int = Field(description="the user's A/B bucket (0-9999), a stable hash of the user id")
     features_defaulted: int = Field(description="raw feature values that were missing and took the schema's default")
+    degraded: bool = Field(description="true when the feature store failed and every stored feature was defaulted")
     items: list[RankedItem]
 
 
@@ -76,3 +77,22 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# ---- admin ----
+
+
+class ActivateRequest(_Wire):
+    version: Annotated[int, Field(ge=1)]
+
+
+class SplitRequest(_Wire):
+    weights: dict[Annotated[int, Field(ge=1)], Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        min_length=1, description='traffic weight per version, e.g. {"3": 0.9, "4": 0.1}; normalised to sum 1'
+    )
+
+
+class RoutingResponse(BaseModel):
+    model: str
+    active: int
+    split: dict[int, float] | None

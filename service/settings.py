@@ -16,8 +16,14 @@ class Settings(BaseSettings):
     features_dir: Path | None = Path("data/features")  # users.jsonl / items.jsonl for the embedded store
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    redis_url: str | None = None
+    redis_url: str | None = None  # features and control plane in Redis; None: embedded, in process
     redis_prefix: str = "ranker:"
+    redis_timeout_ms: float = Field(20.0, gt=0)  # a feature fetch gives up after this; the request degrades
+    control_resync_s: float = Field(5.0, gt=0)  # replicas re-read the control keys at least this often
+    # The watcher loads version folders that appear: `auto` also routes to a newer one, `explicit`
+    # waits for an admin call, `off` does not watch.
+    watch: Literal["auto", "explicit", "off"] = "auto"
+    watch_interval_s: float = Field(2.0, gt=0)
     device: Literal["auto", "cuda", "cpu"] = "auto"
     admin_token: SecretStr | None = None
     default_model: str | None = None  # model used when a request names none (default: "ple", else the first)

@@ -1,26 +1,40 @@
-"""Feature store: user and item features by id, fetched for a whole request at once.
+"""Feature store: user and item features by id, fetched for a whole request in one round trip.
 
-The embedded store lives in process memory, loaded from users.jsonl / items.jsonl
-({"id": ..., "features": {...}} per line, as the simulator writes them).
+Two implementations behind one interface, tested by one suite:
+- InProcessStore: dicts in process memory (the embedded default), seeded from users.jsonl /
+  items.jsonl ({"id": ..., "features": {...}} per line, as the simulator writes them).
+- RedisStore: one string key per entity, `<prefix>feat:user:<id>` / `<prefix>feat:item:<id>`,
+  holding the features as a compact JSON object; a request's user and items come back in one MGET.
+  Redis being down or slow never fails a request: the fetch times out fast, every feature takes
+  its default, and the result says it was degraded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger("ranker.store")
 
 Features = dict[str, object]
+Row = tuple[str, Features]  # (id, features)
 
 
 @dataclass(frozen=True)
 class Fetched:
-    user: Features | None  # None: unknown user
-    items: list[Features | None]  # one per requested id; None: unknown item
+    user: Features | None  # None: unknown user (or degraded)
+    items: list[Features | None]  # one per requested id; None: unknown item (or degraded)
+    degraded: bool = False  # the store could not be read; everything is a default
 
     @property
     def misses(self) -> int:
@@ -32,32 +46,103 @@ class FeatureStore(Protocol):
 
     def fetch(self, user_id: str, item_ids: Sequence[str]) -> Fetched: ...
 
+    def put(self, entity: str, rows: Iterable[Row]) -> int: ...
+
+
+def read_table(path: Path) -> Iterator[Row]:
+    """Rows of a users.jsonl / items.jsonl feature table."""
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                yield str(row["id"]), row["features"]
+
+
+TABLES = {"user": "users.jsonl", "item": "items.jsonl"}
+
+
+def load_tables(store: FeatureStore, directory: Path) -> dict[str, int]:
+    counts = {}
+    for entity, filename in TABLES.items():
+        path = Path(directory) / filename
+        if not path.is_file():
+            log.warning("feature table %s not found; no %s features loaded", path, entity)
+            continue
+        counts[entity] = store.put(entity, read_table(path))
+    return counts
+
 
 class InProcessStore:
     kind = "embedded"
 
-    def __init__(self, users: dict[str, Features] | None = None, items: dict[str, Features] | None = None):
-        self.users = users or {}
-        self.items = items or {}
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, Features]] = {"user": {}, "item": {}}
 
-    @classmethod
-    def from_dir(cls, directory: Path | None) -> "InProcessStore":
-        store = cls()
-        if directory is None:
-            return store
-        for filename, table in (("users.jsonl", store.users), ("items.jsonl", store.items)):
-            path = Path(directory) / filename
-            if not path.is_file():
-                log.warning("feature table %s not found; that side starts empty", path)
-                continue
-            with open(path) as f:
-                for line in f:
-                    if line.strip():
-                        row = json.loads(line)
-                        table[str(row["id"])] = row["features"]
-        log.info("embedded feature store: %d users, %d items", len(store.users), len(store.items))
-        return store
+    def put(self, entity: str, rows: Iterable[Row]) -> int:
+        table = self.tables[entity]
+        n = 0
+        for row_id, features in rows:
+            table[row_id] = features
+            n += 1
+        return n
 
     def fetch(self, user_id: str, item_ids: Sequence[str]) -> Fetched:
-        items = self.items
-        return Fetched(self.users.get(user_id), [items.get(i) for i in item_ids])
+        items = self.tables["item"]
+        return Fetched(self.tables["user"].get(user_id), [items.get(i) for i in item_ids])
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, client: redis.Redis, prefix: str = "ranker:", retry_after_s: float = 1.0):
+        self.client = client
+        self.prefix = prefix
+        # After a failure, skip Redis for a moment instead of paying the timeout on every request.
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    def key(self, entity: str, row_id: str) -> str:
+        return f"{self.prefix}feat:{entity}:{row_id}"
+
+    def put(self, entity: str, rows: Iterable[Row], batch: int = 1000, progress=None) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        n = 0
+        for row_id, features in rows:
+            pipe.set(self.key(entity, row_id), orjson.dumps(features))
+            n += 1
+            if n % batch == 0:
+                pipe.execute()
+                if progress:
+                    progress(batch)
+        pipe.execute()
+        if progress and n % batch:
+            progress(n % batch)
+        return n
+
+    def fetch(self, user_id: str, item_ids: Sequence[str]) -> Fetched:
+        if time.monotonic() < self._down_until:
+            return self._degraded(len(item_ids))
+        keys = [self.key("user", user_id)] + [self.key("item", i) for i in item_ids]
+        try:
+            values = self.client.mget(keys)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            with self._lock:
+                if time.monotonic() >= self._down_until:
+                    log.warning("feature store unavailable (%s); serving defaults for %.1fs", exc, self.retry_after_s)
+                self._down_until = time.monotonic() + self.retry_after_s
+            return self._degraded(len(item_ids))
+        decoded = [orjson.loads(v) if v is not None else None for v in values]
+        return Fetched(decoded[0], decoded[1:])
+
+    @staticmethod
+    def _degraded(n: int) -> Fetched:
+        return Fetched(None, [None] * n, degraded=True)
+
+
+def redis_client(url: str, timeout_s: float) -> redis.Redis:
+    """A client whose every call gives up after timeout_s (connect and read)."""
+    # No retries: a slow or absent Redis must cost one timeout, not several.
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+    )

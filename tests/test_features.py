@@ -76,10 +76,9 @@ def test_training_and_serving_encode_the_same_raw_record_identically():
     log = videolog.simulate(videolog.VideoLogConfig(n_users=50, n_videos=60, n_impressions=500, seed=11))
     data = videolog.to_dataset(log)
     transform = FeatureTransform(fit_features(data))
-    store = InProcessStore(
-        users={uid: row for uid, row in zip(log.users.index, log.users.to_dict("records"))},
-        items={vid: row for vid, row in zip(log.videos.index, log.videos.to_dict("records"))},
-    )
+    store = InProcessStore()
+    store.put("user", zip(log.users.index, log.users.to_dict("records")))
+    store.put("item", zip(log.videos.index, log.videos.to_dict("records")))
     rows = np.arange(0, 500, 37)
     trained = encode(transform, data.subset(rows))
 

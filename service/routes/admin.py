@@ -1,0 +1,66 @@
+"""Admin endpoints of DESIGN.md: load, activate, rollback, unload, split. Bearer token required."""
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path
+
+from service.control import RoutingState
+from service.deps import RegistryDep, SettingsDep
+from service.errors import ApiError
+from service.registry import NAME_PATTERN
+from service.schemas import ActivateRequest, ErrorResponse, RoutingResponse, SplitRequest
+
+
+def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    if settings.admin_token is None:
+        raise ApiError(403, "admin_disabled", "the admin API is off; set RANKER_ADMIN_TOKEN to enable it")
+    scheme, _, token = (authorization or "").partition(" ")
+    expected = settings.admin_token.get_secret_value().encode()
+    # compare_digest: the time taken does not reveal how much of the token matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise ApiError(401, "unauthorized", "admin endpoints need 'Authorization: Bearer <RANKER_ADMIN_TOKEN>'")
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
+router = APIRouter(prefix="/v1/admin/models", tags=["admin"], dependencies=[Depends(require_admin)], responses=ERRORS)
+Name = Annotated[str, Path(pattern=NAME_PATTERN)]
+Version = Annotated[int, Path(ge=1)]
+
+
+def routing(name: str, state: RoutingState) -> RoutingResponse:
+    return RoutingResponse(model=name, active=state.active, split=state.split)
+
+
+@router.post("/{name}/versions/{version}/load")
+def load(name: Name, version: Version, registry: RegistryDep) -> dict:
+    """Load, check and warm up a version without routing traffic to it."""
+    entry = registry.admin_load(name, version)
+    if entry.state != "ready":
+        raise ApiError(422, "load_failed", f"{name}/{version} failed to load: {entry.reason}", "version")
+    return next(row for row in registry.describe(name) if row["version"] == version)
+
+
+@router.post("/{name}/activate")
+def activate(name: Name, body: ActivateRequest, registry: RegistryDep) -> RoutingResponse:
+    """Send every user to one ready version (on every replica)."""
+    return routing(name, registry.activate(name, body.version))
+
+
+@router.post("/{name}/rollback")
+def rollback(name: Name, registry: RegistryDep) -> RoutingResponse:
+    """Go back to the routing before the last change."""
+    return routing(name, registry.rollback(name))
+
+
+@router.put("/{name}/split")
+def split(name: Name, body: SplitRequest, registry: RegistryDep) -> RoutingResponse:
+    """Share traffic between ready versions; a user's bucket keeps them in one arm."""
+    return routing(name, registry.split(name, body.weights))
+
+
+@router.delete("/{name}/versions/{version}")
+def unload(name: Name, version: Version, registry: RegistryDep) -> dict:
+    """Release a version that receives no traffic."""
+    registry.unload(name, version)
+    return {"model": name, "version": version, "state": "unloaded"}
