@@ -13,10 +13,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 
 RANK_ROUTE = "/v1/rank"
 
@@ -61,11 +62,12 @@ def histogram_quantile(q: float, h: Histo) -> float | None:
     return lower_bound
 
 
-def read_histogram(registry: CollectorRegistry, name: str, keep: Callable[[dict], bool] = lambda _: True) -> Histo:
-    """Sum a histogram family over the label sets `keep` accepts (like `sum by (le)` in PromQL)."""
+def read_histogram(families: Iterable[Metric], name: str, keep: Callable[[dict], bool] = lambda _: True) -> Histo:
+    """Sum a histogram family over the label sets `keep` accepts (like `sum by (le)` in PromQL).
+    `families`: a registry's collect(), or the parsed text of a /metrics page."""
     buckets: dict[float, float] = {}
     total_sum = total_count = 0.0
-    for family in registry.collect():
+    for family in families:
         if family.name != name:
             continue
         for s in family.samples:
@@ -85,10 +87,10 @@ def read_histogram(registry: CollectorRegistry, name: str, keep: Callable[[dict]
     return Histo(bounds, tuple(buckets[b] for b in bounds), total_sum, total_count)
 
 
-def read_counter(registry: CollectorRegistry, name: str, by: str) -> dict[str, float]:
+def read_counter(families: Iterable[Metric], name: str, by: str) -> dict[str, float]:
     """A counter family's values summed by one label (`name` without the _total suffix)."""
     out: dict[str, float] = {}
-    for family in registry.collect():
+    for family in families:
         if family.name == name:
             for s in family.samples:
                 if s.name == name + "_total":
@@ -109,20 +111,22 @@ class Snapshot:
 
 
 def take_snapshot(registry: CollectorRegistry, at: float) -> Snapshot:
+    families = list(registry.collect())  # one pass over the registry, read several times below
+
     def rank_status(predicate: Callable[[int], bool]) -> float:
-        h = read_histogram(registry, "ranker_request_duration_seconds",
+        h = read_histogram(families, "ranker_request_duration_seconds",
                            lambda l: l["route"] == RANK_ROUTE and predicate(int(l["status"])))  # fmt: skip
         return h.count
 
     return Snapshot(
         at=at,
-        rank=read_histogram(registry, "ranker_request_duration_seconds", lambda l: l["route"] == RANK_ROUTE),
+        rank=read_histogram(families, "ranker_request_duration_seconds", lambda l: l["route"] == RANK_ROUTE),
         rank_errors=rank_status(lambda code: code >= 400),
         rank_server_errors=rank_status(lambda code: code >= 500),
-        inference=read_histogram(registry, "ranker_inference_duration_seconds"),
-        candidates=read_histogram(registry, "ranker_candidates_per_request"),
-        errors=read_counter(registry, "ranker_errors", "kind"),
-        degraded=sum(read_counter(registry, "ranker_degraded_requests", "reason").values()),
+        inference=read_histogram(families, "ranker_inference_duration_seconds"),
+        candidates=read_histogram(families, "ranker_candidates_per_request"),
+        errors=read_counter(families, "ranker_errors", "kind"),
+        degraded=sum(read_counter(families, "ranker_degraded_requests", "reason").values()),
     )
 
 

@@ -44,7 +44,7 @@ def test_read_histogram_sums_the_label_sets_it_keeps():
     m.requests.labels("/v1/rank", "POST", "200").observe(0.002)
     m.requests.labels("/v1/rank", "POST", "422").observe(0.0004)
     m.requests.labels("/health/live", "GET", "200").observe(0.5)
-    h = read_histogram(m.registry, "ranker_request_duration_seconds", lambda l: l["route"] == "/v1/rank")
+    h = read_histogram(m.registry.collect(), "ranker_request_duration_seconds", lambda l: l["route"] == "/v1/rank")
     assert h.count == 2 and h.sum == pytest.approx(0.0024)
     assert h.counts[-1] == 2 and h.counts[h.bounds.index(0.0005)] == 1
 

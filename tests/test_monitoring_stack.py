@@ -102,9 +102,9 @@ def server(trained, tmp_path_factory):
     env = {**os.environ, "RANKER_FEATURES_DIR": str(trained.features_dir), "RANKER_ADMIN_TOKEN": TOKEN,
            "RANKER_WATCH": "off"}  # fmt: skip
     env.pop("RANKER_REDIS_URL", None)  # the embedded store: this test is about monitoring, not Redis
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen([BIN / "ranker-serve", "--models", models, "--port", str(port), "--device", "cpu"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    with open(root / "server.log", "w") as log:
+        process = subprocess.Popen([BIN / "ranker-serve", "--models", models, "--port", str(port), "--device", "cpu"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
 
@@ -128,7 +128,6 @@ def server(trained, tmp_path_factory):
             traffic.close()
     finally:
         stop(process)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +142,10 @@ def prometheus(server, tmp_path_factory):
         f"  - job_name: ranker\n    static_configs: [{{targets: ['{server.url.removeprefix('http://')}']}}]\n"
     )
     port = free_port()
-    log = open(root / "prometheus.log", "w")
-    process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
-                                f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    with open(root / "prometheus.log", "w") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+                                    f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
 
@@ -161,7 +160,6 @@ def prometheus(server, tmp_path_factory):
         yield url
     finally:
         stop(process)
-        log.close()
 
 
 def query(prometheus_url: str, expr: str) -> list[dict]:
@@ -191,7 +189,8 @@ def test_every_grafana_query_returns_data_from_a_real_prometheus(server, prometh
 
     results = {}
     for title, legend, expr in targets:
-        result = wait_until(lambda: query(prometheus, expr), 10, f"data for {title!r} ({legend}): {expr}", interval=0.5)
+        what = f"data for {title!r} ({legend}): {expr}"
+        result = wait_until(lambda e=expr: query(prometheus, e), 10, what, interval=0.5)
         assert all(math.isfinite(v) for v in values(result)), (title, result)
         results[(title, legend)] = values(result)
 
@@ -221,8 +220,7 @@ def test_dashboard_percentiles_match_prometheus_histogram_quantile(server, prome
 
     def scraped_text():
         text = httpx.get(f"{server.url}/metrics").text
-        families = list(text_string_to_metric_families(text))
-        served = read_histogram(SimpleNamespace(collect=lambda: families), "ranker_request_duration_seconds",
+        served = read_histogram(text_string_to_metric_families(text), "ranker_request_duration_seconds",
                                 lambda labels: labels["route"] == "/v1/rank")  # fmt: skip
         scraped = values(query(prometheus, count))
         return served if scraped and scraped[0] == served.count else None
