@@ -230,12 +230,13 @@ class Registry:
             current = self._entries[name].get(version)
             if current is not None and current.state == "ready":
                 return current
-            path = self.version_path(name, version)
-            entry = VersionEntry(name, version, "loading", signature=folder_signature(path))
+            entry = VersionEntry(name, version, "loading")
             self._entries[name][version] = entry
             try:
+                path = self.version_path(name, version)
+                entry.signature = folder_signature(path)
                 handle = load_version(path, self.settings)
-            except (LoadError, OSError) as exc:
+            except (LoadError, OSError, ApiError) as exc:
                 entry.state, entry.reason = "failed", str(exc)
                 self.metrics.model_loads.labels(name, "failed").inc()
                 log.error("model %s/%s failed to load: %s", name, version, exc)

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 << 20, ge=1024)
     max_features: int = Field(256, ge=1)  # per user, context or candidate
 
+    @field_validator("features_dir", "redis_url", "admin_token", "default_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v):
+        # RANKER_REDIS_URL= (empty) in a compose file or shell means "not set", not "the path ''".
+        return None if v == "" else v
+
     @field_validator("batch_buckets")
     @classmethod
     def _sorted_positive(cls, v: list[int]) -> list[int]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,3 +72,153 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+# ---- Redis: the real server, a db and key prefix of our own ----
+
+REDIS_DB = 13
+
+
+@pytest.fixture
+def redis_prefix():
+    """A fresh key prefix on db 13 of the shared Redis; every key under it is deleted afterwards."""
+    import uuid
+
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail("Redis is not answering at 127.0.0.1:6379 (scripts/test.sh starts it)")
+    prefix = f"test:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+
+
+class OwnRedis:
+    """A private redis-server on a free port, which a test may stop, slow down and restart."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process = None
+
+    def start(self):
+        import subprocess
+
+        import redis
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--enable-debug-command", "local"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis():
+    server = OwnRedis(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+# ---- a real uvicorn server in a thread, for tests that need concurrency ----
+
+
+@contextlib.contextmanager
+def live_server(app):
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+# ---- a real ranker-serve process ----
+
+BIN = Path(sys.executable).parent
+
+
+@contextlib.contextmanager
+def serve_process(models: Path, env: dict | None = None, timeout: float = 60):
+    """Run `ranker-serve --models DIR` on a free port until the block ends; yields its URL."""
+    import httpx
+
+    port = free_port()
+    full_env = {**os.environ, "RANKER_FEATURES_DIR": "", **(env or {})}
+    proc = subprocess.Popen([BIN / "ranker-serve", "--models", str(models), "--port", str(port)], env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"ranker-serve exited: {proc.stdout.read()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("ranker-serve did not become ready")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        assert code == 0, f"ranker-serve exited {code} on SIGTERM"
+
+
+# ---- a model repository with two versions of different weights ----
+
+
+@pytest.fixture(scope="session")
+def retrained(trained):
+    """The same model family trained with another seed: different outputs for the same request."""
+    return run_training(videolog.to_dataset(trained.log), "ple", TrainConfig(epochs=1, batch_size=512, seed=1),
+                        model_config=SMALL_PLE, log=lambda _: None)  # fmt: skip
+
+
+@pytest.fixture
+def repo(tmp_path, trained, retrained):
+    models = tmp_path / "models"
+    (models / "ple").mkdir(parents=True)
+    shutil.copytree(trained.version_dir, models / "ple" / "1")
+    assert write_version(retrained, models, "ple").name == "2"
+    return models

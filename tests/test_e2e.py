@@ -1,17 +1,11 @@
 """The quick start's path with real processes: ranker-train, then ranker-serve, then HTTP."""
 
-import os
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
-
-BIN = Path(sys.executable).parent
+from tests.conftest import BIN, serve_process
 
 
 @pytest.mark.slow
@@ -26,28 +20,9 @@ def test_train_then_serve_answers_a_100_candidate_request(tmp_path):
     assert train.stdout.strip().splitlines()[-1] == str(models / "ple" / "1")
     assert "auc=" in train.stderr and "mse=" in train.stderr
 
-    port = free_port()
-    env = {**os.environ, "RANKER_FEATURES_DIR": str(features)}
-    server = subprocess.Popen([BIN / "ranker-serve", "--models", models, "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stdout.read()
-            time.sleep(0.2)
-        else:
-            pytest.fail("ranker-serve did not become ready in 60 s")
+    with serve_process(models, {"RANKER_FEATURES_DIR": str(features)}) as url:
         body = {"user": {"id": "u3"}, "context": {"hour": 20}, "candidates": [{"id": f"v{i}"} for i in range(100)]}
         r = httpx.post(f"{url}/v1/rank", json=body, timeout=10)
         assert r.status_code == 200, r.text
         scores = [item["score"] for item in r.json()["items"]]
         assert len(scores) == 100 and scores == sorted(scores, reverse=True)
-    finally:
-        server.terminate()
-        assert server.wait(timeout=30) == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import shutil
 import subprocess
@@ -33,9 +34,16 @@ def export_onnx(model: torch.nn.Module, path: Path, example: tuple[np.ndarray, n
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     args = tuple(torch.from_numpy(a) for a in example)
     # The exporter reports progress on stdout; keep stdout for the version folder we print.
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _export(model, path, args, batch)
+    # Silence the exporter's notes about optional torchvision ops we never use.
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
+    registration_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _export(model, path, args, batch)
+    finally:
+        registration_log.setLevel(level)
 
 
 def _export(model, path, args, batch) -> None:

@@ -1,0 +1,44 @@
+"""ranker-load-features: write user/item feature tables (users.jsonl, items.jsonl) into Redis.
+
+Pipelined batches under the keys the service reads (`<prefix>feat:user:<id>`, `<prefix>feat:item:<id>`),
+with a progress bar. Works for the simulator's tables and any table in the same format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.store import TABLES, RedisStore, read_table, redis_client
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ranker-load-features", description=__doc__)
+    p.add_argument("--redis-url", required=True, help="e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--prefix", default="ranker:", help="key prefix (the service's RANKER_REDIS_PREFIX)")
+    p.add_argument("--features", type=Path, default=Path("data/features"), help="folder with users.jsonl/items.jsonl")
+    p.add_argument("--batch", type=int, default=1000, help="keys per pipelined round trip")
+    args = p.parse_args(argv)
+    store = RedisStore(redis_client(args.redis_url, timeout_s=10.0), args.prefix)
+    total = 0
+    for entity, filename in TABLES.items():
+        path = args.features / filename
+        if not path.is_file():
+            print(f"skipping {entity} features: {path} not found", file=sys.stderr)
+            continue
+        with tqdm(total=count_lines(path), desc=f"{entity}s", unit="rows", file=sys.stderr) as bar:
+            total += store.put(entity, read_table(path), batch=args.batch, progress=bar.update)
+    print(f"wrote {total} feature rows to {args.redis_url} under {args.prefix}feat:", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
