@@ -23,5 +23,5 @@ echo "== POST /v1/rank with examples/rank-request.json"
 curl -sS -X POST http://127.0.0.1:8000/v1/rank -H 'content-type: application/json' \
   --data @examples/rank-request.json | python -m json.tool
 if [ "${QUICKSTART_EXIT:-0}" = 1 ]; then exit 0; fi
-echo "== serving; Ctrl-C to stop"
+echo "== serving; live dashboard at http://127.0.0.1:8000/dashboard, metrics at /metrics; Ctrl-C to stop"
 wait $server

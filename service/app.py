@@ -10,10 +10,11 @@ from fastapi import FastAPI
 from service.control import ControlPlane, InProcessControl, RedisControl
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
+from service.livestats import LiveStats
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.ranking import Ranker
 from service.registry import Registry
-from service.routes import admin, health, kserve, metrics, models, rank
+from service.routes import admin, dashboard, health, kserve, metrics, models, rank
 from service.settings import Settings
 from service.store import FeatureStore, InProcessStore, RedisStore, load_tables, redis_client
 
@@ -61,8 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics_
+    app.state.live_stats = LiveStats(metrics_.registry)  # windows for the /dashboard page
     install_error_handlers(app)
-    for router in (rank.router, models.router, admin.router, kserve.router, health.router, metrics.router):
+    for router in (rank.router, models.router, admin.router, kserve.router, health.router, metrics.router,
+                   dashboard.router):  # fmt: skip
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics_)

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.livestats import LiveStats
 from service.metrics import Metrics
 from service.ranking import Ranker
 from service.registry import Registry
@@ -22,6 +23,10 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_live_stats(request: Request) -> LiveStats:
+    return request.app.state.live_stats
+
+
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
@@ -29,4 +34,5 @@ def get_settings(request: Request) -> Settings:
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 RankerDep = Annotated[Ranker, Depends(get_ranker)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+LiveStatsDep = Annotated[LiveStats, Depends(get_live_stats)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

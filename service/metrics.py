@@ -10,11 +10,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from service.registry import ModelVersion
 
-# Fine enough to read p99 from 0.25 ms to 1 s.
+# Fine enough to read p99 from 0.25 ms to 1 s: neighbouring bounds differ by at most 1.5x (2x in
+# the first bucket), so histogram_quantile's interpolation error stays within one such step.
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
-    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
+    0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
 )  # fmt: skip
+# Load + check + warm-up of a version: tens of milliseconds for a small model, seconds on a GPU.
+LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 CANDIDATE_BUCKETS = (1, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 4000)
 
 
@@ -35,7 +38,7 @@ class Metrics:
         self.errors = Counter("ranker_errors_total", "error responses by kind", ["kind"], registry=r)
         self.model_loads = Counter("ranker_model_loads_total", "model version loads", ["model", "result"], registry=r)
         self.model_load_seconds = Histogram("ranker_model_load_duration_seconds", "load + check + warm-up time",
-                                            ["model"], registry=r)  # fmt: skip
+                                            ["model"], buckets=LOAD_BUCKETS, registry=r)  # fmt: skip
         self.model_swaps = Counter("ranker_model_swaps_total", "changes of the serving version or split",
                                    ["model"], registry=r)  # fmt: skip
         self.traffic_share = Gauge("ranker_model_traffic_share", "share of users routed to a version",
@@ -45,6 +48,8 @@ class Metrics:
                                 ["reason"], registry=r)  # fmt: skip
         self.active_version = Gauge("ranker_model_active_version", "version serving by default", ["model"],
                                     registry=r)  # fmt: skip
+        # Saturation: requests being handled right now (queueing shows here before it shows in p99).
+        self.in_flight = Gauge("ranker_requests_in_flight", "HTTP requests being handled", registry=r)
 
     def observe_inference(self, mv: "ModelVersion", seconds: float) -> None:
         self.inference.labels(mv.name, str(mv.version), mv.engine.provider).observe(seconds)
@@ -81,9 +86,11 @@ class RequestMetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(path, scope["method"], str(status["code"])).observe(time.perf_counter() - start)

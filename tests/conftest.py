@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +48,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def need_tool(command: str, package: str) -> str:
+    """The path of a command a test needs. Missing: a skip on a developer's machine, a failure in CI
+    (.ci/run installs the Debian package and sets RANKER_REQUIRE_TOOLS=1), so CI never skips silently."""
+    path = shutil.which(command)
+    if path is None:
+        message = f"{command} not found: install the Debian package {package} (.ci/run does)"
+        if os.environ.get("RANKER_REQUIRE_TOOLS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 # ---- Redis: the real server, a db and key prefix of our own ----
