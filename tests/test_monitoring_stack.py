@@ -79,7 +79,7 @@ class Traffic:
 
 def send(client: httpx.Client, rng: random.Random) -> int:
     n = rng.choice([5, 20, 50, 100, 200])
-    candidates = [{"id": f"v{rng.randrange(600)}", "video_len": rng.uniform(3, 300)} for _ in range(n)]
+    candidates = [{"id": f"v{i}", "video_len": rng.uniform(3, 300)} for i in rng.sample(range(600), n)]  # ids unique
     if rng.random() < 0.1:
         candidates[0]["video_len"] = -1.0  # 422 invalid_request
     body = {"user": {"id": f"u{rng.randrange(400)}"}, "context": {"hour": rng.randrange(24)}, "candidates": candidates}
