@@ -1,0 +1,248 @@
+"""Our service vs the serving stacks a team would pick instead, side by side on one machine.
+
+Servers, each serving the newest version of the model (same weights, same feature transform, same
+scoring formula, same JSON request):
+  ple-ranker      `ranker-serve`: one uvicorn process, ONNX Runtime (its default threads)
+  fastapi-torch   bench/peers/fastapi_torch.py: FastAPI + PyTorch eager, uvicorn --workers 2,
+                  1 torch thread per worker
+  bentoml         bench/peers/bento_service.py: BentoML 1.4 + ONNX Runtime, workers=2, 1 ORT thread each
+  torchserve      bench/peers/ts_handler.py: TorchServe 0.12 + PyTorch eager, 2 workers, 1 thread each
+Peers run from their own virtual environments (bench/setup_peers.sh); a peer whose environment is
+missing is skipped and says so.
+
+For 100, 500 and 1,000 candidates a separate client process (bench/loadgen.py) measures throughput
+at saturation (closed loop, best of `--connections`) and then p50/p95/p99 at half that rate (open
+loop, fixed schedule). Prints a table and writes bench/results/compare_servers.json.
+
+    python bench/compare_servers.py [--servers ple-ranker,fastapi-torch,bentoml,torchserve] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BIN, ROOT, free_port, newest_version, print_table, write_result  # noqa: E402
+from rank_latency import make_request  # noqa: E402
+
+SIZES = (100, 500, 1000)
+VENVS = ROOT / "bench" / ".venvs"
+CACHE = ROOT / "bench" / ".cache"
+ALL = ("ple-ranker", "fastapi-torch", "bentoml", "torchserve")
+
+SETTINGS = {
+    "ple-ranker": "ranker-serve: 1 uvicorn process (the service's design: one worker per container), "
+    "sync endpoint in the threadpool, ONNX Runtime intra_op_threads=0 (one per core = 2)",
+    "fastapi-torch": "uvicorn --workers 2 (one process per core), torch.set_num_threads(1) per worker, "
+    "torch.inference_mode, ORJSONResponse",
+    "bentoml": "bentoml serve, @bentoml.service(workers=2), ONNX Runtime intra_op_num_threads=1 per worker",
+    "torchserve": "TorchServe 0.12, default_workers_per_model=2, torch.set_num_threads(1) per worker, "
+    "batch_size=1, token auth off",
+}
+
+
+def peer_env(version: Path, features: Path) -> dict:
+    return {**os.environ, "PEER_ROOT": str(ROOT), "PEER_MODEL": str(version), "PEER_FEATURES": str(features),
+            "PEER_STATE": str(CACHE / f"{version.parent.name}-{version.name}.pt"), "PEER_TORCH_THREADS": "1",
+            "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(CACHE / "bentoml"),
+            "PYTHONPATH": str(ROOT)}  # fmt: skip
+
+
+def launch(name: str, version: Path, models: Path, features: Path, port: int, log) -> tuple[subprocess.Popen, str]:
+    """Start one server; returns the process (its own session) and the URL that ranks."""
+    env = peer_env(version, features)
+    if name == "ple-ranker":
+        env.update(RANKER_FEATURES_DIR=str(features), RANKER_WATCH="off")
+        env.update(dict(kv.split("=", 1) for kv in os.environ.get("COMPARE_RANKER_ENV", "").split(",") if kv))
+        cmd = [str(BIN / "ranker-serve"), "--models", str(models), "--port", str(port), "--log-level", "warning"]
+        path = "/v1/rank"
+    elif name == "fastapi-torch":
+        cmd = [sys.executable, "-m", "uvicorn", "bench.peers.fastapi_torch:app", "--workers", "2", "--port", str(port),
+               "--log-level", "warning", "--no-access-log"]  # fmt: skip
+        path = "/v1/rank"
+    elif name == "bentoml":
+        cmd = [str(VENVS / "bentoml" / "bin" / "bentoml"), "serve", "bench.peers.bento_service:PLERanker",
+               "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
+        path = "/v1/rank"
+    elif name == "torchserve":
+        cmd = torchserve_command(env, port)
+        path = "/predictions/ple"
+    else:
+        raise ValueError(name)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}{path}"
+
+
+def torchserve_command(env: dict, port: int) -> list[str]:
+    """Archive the handler (no weights inside: the handler reads PEER_STATE) and write a config."""
+    venv = VENVS / "torchserve" / "bin"
+    store = CACHE / "torchserve" / "model-store"
+    store.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(venv / "torch-model-archiver"), "--model-name", "ple", "--version", "1.0", "--handler",
+                    str(ROOT / "bench" / "peers" / "ts_handler.py"), "--export-path", str(store), "--force"],
+                   check=True, env=env)  # fmt: skip
+    config = CACHE / "torchserve" / "config.properties"
+    config.write_text("\n".join([
+        f"inference_address=http://127.0.0.1:{port}",
+        f"management_address=http://127.0.0.1:{free_port()}",
+        f"metrics_address=http://127.0.0.1:{free_port()}",
+        "default_workers_per_model=2",
+        "job_queue_size=1000",
+        "disable_system_metrics=true",
+        "install_py_dep_per_model=false",
+        f"model_store={store}",
+        "load_models=ple=ple.mar",
+    ]) + "\n")  # fmt: skip
+    env["PATH"] = f"{venv}:{env.get('PATH', '')}"
+    env["LOG_LOCATION"] = env["METRICS_LOCATION"] = str(CACHE / "torchserve" / "logs")
+    return [str(venv / "torchserve"), "--start", "--foreground", "--ts-config", str(config), "--ncs",
+            "--disable-token-auth"]  # fmt: skip
+
+
+def stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(1)  # let worker processes of the group go before the next server starts
+
+
+def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(httpx.TransportError):
+            r = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=10)
+            if r.status_code == 200:
+                return r.json()
+        time.sleep(0.5)
+    raise RuntimeError("server not ready in time")
+
+
+def loadgen(url: str, body_file: Path, mode: list[str], seconds: float) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--body", str(body_file),
+           "--seconds", str(seconds), *mode]  # fmt: skip
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def agreement(ours: dict, theirs: dict) -> float:
+    """Largest relative score difference over the candidates both answers list (same ids expected)."""
+    a = {i["id"]: i["score"] for i in ours["items"]}
+    b = {i["id"]: i["score"] for i in theirs["items"]}
+    if set(a) != set(b):
+        return float("inf")
+    return max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a)
+
+
+def measure(name: str, args, version: Path, bodies: dict[int, Path], reference: dict | None) -> dict:
+    log_path = CACHE / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc, url = launch(name, version, args.models, args.features, free_port(), log)
+        try:
+            answer = wait_ready(url, bodies[min(bodies)].read_bytes(), proc)
+            out: dict = {"settings": SETTINGS[name], "url": url}
+            if reference is not None:
+                out["max_rel_score_diff_vs_ple_ranker"] = agreement(reference, answer)
+            for n, body in bodies.items():
+                runs = [loadgen(url, body, ["closed", "--connections", str(c)], args.seconds) for c in args.connections]
+                best = max(runs, key=lambda r: r["throughput_rps"])
+                half = loadgen(url, body, ["open", "--rate", f"{best['throughput_rps'] / 2:.2f}"], args.seconds)
+                out[str(n)] = {"saturation": best, "saturation_runs": runs, "half_load": half}
+                print(f"  {name} {n}: {best['throughput_rps']:.0f} req/s (c={best['connections']}), "
+                      f"half load p50 {half['p50_ms']:.2f} ms", flush=True)  # fmt: skip
+            return out | {"first_answer": answer} if name == "ple-ranker" else out
+        finally:
+            stop(proc)
+
+
+def available(name: str) -> str | None:
+    """Why a peer cannot run here, or None."""
+    need = {"bentoml": VENVS / "bentoml" / "bin" / "bentoml", "torchserve": VENVS / "torchserve" / "bin" / "torchserve"}
+    if name in need and not need[name].exists():
+        return f"{need[name]} missing: run bench/setup_peers.sh"
+    if name == "torchserve" and subprocess.run(["java", "-version"], capture_output=True).returncode != 0:
+        return "no java on PATH"
+    return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--features", type=Path, default=ROOT / "data" / "features")
+    p.add_argument("--name", default="ple")
+    p.add_argument("--servers", default=",".join(ALL))
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per load run (after 2 s warm-up)")
+    p.add_argument("--connections", default="4,16", help="closed-loop connection counts; the best is saturation")
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--out", default="compare_servers", help="result file name under bench/results/")
+    args = p.parse_args()
+    args.connections = [int(c) for c in args.connections.split(",")]
+    args.models, args.features = args.models.resolve(), args.features.resolve()
+    version = newest_version(args.models, args.name)
+    state = CACHE / f"{version.parent.name}-{version.name}.pt"
+    if not state.exists():
+        from peers.torch_model import export_state
+
+        print(f"max |torch - onnx| = {export_state(version, state):.2e} (saved {state})")
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="compare-"))
+    bodies = {}
+    for n in (int(s) for s in args.sizes.split(",")):
+        bodies[n] = tmp / f"body-{n}.json"
+        bodies[n].write_bytes(make_request(n, args.features))
+
+    results, skipped, reference = {}, {}, None
+    for name in args.servers.split(","):
+        if why := available(name):
+            skipped[name] = why
+            print(f"skipping {name}: {why}")
+            continue
+        print(f"{name}: {SETTINGS[name]}", flush=True)
+        try:
+            results[name] = measure(name, args, version, bodies, reference)
+        except Exception as exc:  # one broken peer must not lose the others' figures
+            skipped[name] = f"failed: {exc} (log: bench/.cache/logs/{name}.log)"
+            print(f"  {name} failed: {exc}")
+            continue
+        if name == "ple-ranker":
+            reference = results[name].pop("first_answer")
+    load_after = os.getloadavg()
+
+    rows = []
+    for n in bodies:
+        base = results.get("ple-ranker", {}).get(str(n), {}).get("saturation", {}).get("throughput_rps")
+        for name, r in results.items():
+            sat, half = r[str(n)]["saturation"], r[str(n)]["half_load"]
+            ratio = f"{base / sat['throughput_rps']:.2f}x" if base and name != "ple-ranker" else ""
+            rows.append([n, name, round(sat["throughput_rps"], 1), ratio, half["p50_ms"], half["p95_ms"], half["p99_ms"]])
+    print(f"\nmodel {version}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    if rows:
+        print_table(["cands", "server", "req/s", "ours/peer", "p50 ms @½", "p95 ms @½", "p99 ms @½"], rows)
+    path = write_result(args.out, {
+        "model": str(version.relative_to(ROOT) if version.is_relative_to(ROOT) else version),
+        "load_average_1_5_15": {"before": load_before, "after": load_after},
+        "client": "bench/loadgen.py (separate process, asyncio raw HTTP/1.1 keep-alive, loopback)",
+        "seconds_per_run": args.seconds, "connections": args.connections,
+        "servers": results, "skipped": skipped,
+    })  # fmt: skip
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

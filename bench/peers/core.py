@@ -1,0 +1,88 @@
+"""The ranking logic every peer server shares: feature tables, raw features, scores.
+
+A team serving this model in another stack would still use the project's feature transform (the
+one contract between training and serving, service/features.py) and the scoring formula
+(service/scoring.py); what differs between peers is only the server and the inference engine.
+This module depends on NumPy and pydantic only (no redis, no FastAPI), so it imports in every
+peer's own virtual environment with the repository root on sys.path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.features import FeatureTransform
+from service.modelspec import ModelSpec
+from service.scoring import rank
+
+VIDEO_LEN = "video_len"
+
+
+def read_jsonl(path: Path) -> dict[str, dict]:
+    table = {}
+    if path.is_file():
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    table[str(row["id"])] = row["features"]
+    return table
+
+
+class RankingCore:
+    """Everything but inference: request dict -> model inputs; model outputs -> ranked items."""
+
+    def __init__(self, version_dir: Path, features_dir: Path):
+        self.spec = ModelSpec.model_validate_json((Path(version_dir) / "model.json").read_bytes())
+        self.transform = FeatureTransform(self.spec.features)
+        self.users = read_jsonl(Path(features_dir) / "users.jsonl")
+        self.items = read_jsonl(Path(features_dir) / "items.jsonl")
+        self.id_features = {s.name for s in self.spec.features if s.from_id}
+        self.tasks = [t.name for t in self.spec.tasks]
+        self.outputs = [t.output for t in self.spec.tasks]
+
+    def inputs(self, req: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A request (parsed JSON) -> ({sparse_ids, dense}, video lengths)."""
+        user, context, candidates = req["user"], req.get("context") or {}, req["candidates"]
+        stored_user = self.users.get(user["id"], {})
+        user_features = user.get("features") or {}
+        shared: dict[str, Any] = {}
+        for name in self.transform.by_source["user"]:
+            shared[name] = user["id"] if name in self.id_features else user_features.get(name, stored_user.get(name))
+        for name in self.transform.by_source["context"]:
+            shared[name] = context.get(name)
+        stored = [self.items.get(c["id"], {}) for c in candidates]
+        lengths = []
+        for c, s in zip(candidates, stored):
+            length = c.get(VIDEO_LEN) or s.get(VIDEO_LEN)
+            if not isinstance(length, (int, float)) or not 0 < length < math.inf:
+                raise ValueError("video_len (seconds, > 0) is required when the store does not know the item")
+            lengths.append(float(length))
+        per_row: dict[str, list] = {}
+        for name in self.transform.by_source["item"]:
+            if name in self.id_features:
+                per_row[name] = [c["id"] for c in candidates]
+            elif name == VIDEO_LEN:
+                per_row[name] = lengths
+            else:
+                per_row[name] = [(c.get("features") or {}).get(name, s.get(name)) for c, s in zip(candidates, stored)]
+        encoded = self.transform.encode(len(candidates), shared, per_row)
+        return encoded.as_inputs(), np.asarray(lengths)
+
+    def ranked(self, req: dict, outputs: list[np.ndarray], lengths: np.ndarray) -> list[dict]:
+        """Per-task outputs (one (B,) array per task, in model.json's order) -> items, best first."""
+        values = dict(zip(self.tasks, outputs))
+        weights = {**self.spec.scoring.weights, **(req.get("weights") or {})}
+        ranking = rank(values, weights, lengths, self.spec.scoring.video_len_transform, self.spec.scoring.eps)
+        top_k = req.get("top_k")
+        chosen = ranking.order if top_k is None else ranking.order[:top_k]
+        scores = np.exp(ranking.log_score[chosen]).tolist()
+        columns = [v[chosen].tolist() for v in values.values()]
+        ids = [c["id"] for c in req["candidates"]]
+        return [{"id": ids[i], "score": s, "tasks": dict(zip(self.tasks, row))}
+                for i, s, *row in zip(chosen.tolist(), scores, *columns)]  # fmt: skip
