@@ -44,7 +44,7 @@ class _Wire(BaseModel):
 
 class User(_Wire):
     id: Id
-    features: FeatureMap = {}
+    features: FeatureMap = Field(default_factory=dict)
 
 
 class Candidate(_Wire):
@@ -52,7 +52,7 @@ class Candidate(_Wire):
     video_len: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="seconds; when absent, the item's stored video_len is used"
     )
-    features: FeatureMap = {}
+    features: FeatureMap = Field(default_factory=dict)
 
 
 RANK_EXAMPLE = {
@@ -76,7 +76,7 @@ class RankRequest(_Wire):
 
     request_id: Annotated[str, Field(max_length=128)] | None = None
     user: User
-    context: FeatureMap = {}
+    context: FeatureMap = Field(default_factory=dict)
     candidates: list[Candidate] = Field(min_length=1)
     top_k: Annotated[int, Field(ge=1)] | None = None
     weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
