@@ -1,0 +1,35 @@
+"""The benchmark's peers rank exactly as the service does (same weights, transform and formula),
+so compare_servers.py compares serving stacks, not different answers. No timing here."""
+
+from __future__ import annotations
+
+import torch
+from fastapi.testclient import TestClient
+
+from bench.peers.core import RankingCore
+from bench.peers.torch_model import export_state, load_model
+from service.app import create_app
+from service.settings import Settings
+
+
+def test_torch_peer_ranks_like_the_service(trained, tmp_path):
+    state = tmp_path / "state.pt"
+    assert export_state(trained.version_dir, state) < 1e-5
+    core = RankingCore(trained.version_dir, trained.features_dir)
+    model = load_model(trained.version_dir, state)
+    ids = list(trained.log.videos.index[:30]) + ["not-in-the-store"]
+    request = {"user": {"id": str(trained.log.users.index[0])}, "context": {"network": "wifi", "hour": 21},
+               "candidates": [{"id": str(i), "video_len": 10.0 + j} for j, i in enumerate(ids)],
+               "weights": {"shr": 0.5}}  # fmt: skip
+
+    inputs, lengths = core.inputs(request)
+    with torch.inference_mode():
+        outputs = model(torch.from_numpy(inputs["sparse_ids"]), torch.from_numpy(inputs["dense"]))
+    peer = core.ranked(request, [o.numpy() for o in outputs], lengths)
+
+    settings = Settings(models_dir=trained.models_dir, features_dir=trained.features_dir, watch="off")
+    with TestClient(create_app(settings)) as client:
+        ours = client.post("/v1/rank", json=request).json()["items"]
+    assert [i["id"] for i in peer] == [i["id"] for i in ours]
+    for a, b in zip(peer, ours):
+        assert abs(a["score"] - b["score"]) <= 1e-5 * b["score"]
