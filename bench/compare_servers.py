@@ -3,6 +3,7 @@
 Servers, each serving the newest version of the model (same weights, same feature transform, same
 scoring formula, same JSON request):
   ple-ranker      `ranker-serve`: one uvicorn process, ONNX Runtime (its default threads)
+  ple-ranker-1t   the same with RANKER_INTRA_OP_THREADS=1 (one ORT thread per concurrent request)
   fastapi-torch   bench/peers/fastapi_torch.py: FastAPI + PyTorch eager, uvicorn --workers 2,
                   1 torch thread per worker
   bentoml         bench/peers/bento_service.py: BentoML 1.4 + ONNX Runtime, workers=2, 1 ORT thread each
@@ -39,11 +40,13 @@ from rank_latency import make_request  # noqa: E402
 SIZES = (100, 500, 1000)
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
-ALL = ("ple-ranker", "fastapi-torch", "bentoml", "torchserve")
+ALL = ("ple-ranker", "ple-ranker-1t", "fastapi-torch", "bentoml", "torchserve")
 
 SETTINGS = {
     "ple-ranker": "ranker-serve: 1 uvicorn process (the service's design: one worker per container), "
     "sync endpoint in the threadpool, ONNX Runtime intra_op_threads=0 (one per core = 2)",
+    "ple-ranker-1t": "as ple-ranker with RANKER_INTRA_OP_THREADS=1: concurrent requests each run inference "
+    "on one core instead of sharing both",
     "fastapi-torch": "uvicorn --workers 2 (one process per core), torch.set_num_threads(1) per worker, "
     "torch.inference_mode, ORJSONResponse",
     "bentoml": "bentoml serve, @bentoml.service(workers=2), ONNX Runtime intra_op_num_threads=1 per worker",
@@ -62,9 +65,10 @@ def peer_env(version: Path, features: Path) -> dict:
 def launch(name: str, version: Path, models: Path, features: Path, port: int, log) -> tuple[subprocess.Popen, str]:
     """Start one server; returns the process (its own session) and the URL that ranks."""
     env = peer_env(version, features)
-    if name == "ple-ranker":
+    if name.startswith("ple-ranker"):
         env.update(RANKER_FEATURES_DIR=str(features), RANKER_WATCH="off")
-        env.update(dict(kv.split("=", 1) for kv in os.environ.get("COMPARE_RANKER_ENV", "").split(",") if kv))
+        if name == "ple-ranker-1t":
+            env["RANKER_INTRA_OP_THREADS"] = "1"
         cmd = [str(BIN / "ranker-serve"), "--models", str(models), "--port", str(port), "--log-level", "warning"]
         path = "/v1/rank"
     elif name == "fastapi-torch":
@@ -171,6 +175,18 @@ def measure(name: str, args, version: Path, bodies: dict[int, Path], reference: 
             stop(proc)
 
 
+def throughput_ratios(results: dict) -> dict:
+    """ours -> peer -> candidates -> our saturation throughput / the peer's."""
+    out: dict = {}
+    for ours in (n for n in results if n.startswith("ple-ranker")):
+        for peer in (n for n in results if not n.startswith("ple-ranker")):
+            out.setdefault(ours, {})[peer] = {
+                size: results[ours][size]["saturation"]["throughput_rps"] / results[peer][size]["saturation"]["throughput_rps"]
+                for size in results[ours] if size.isdigit() and size in results[peer]
+            }  # fmt: skip
+    return out
+
+
 def available(name: str) -> str | None:
     """Why a peer cannot run here, or None."""
     need = {"bentoml": VENVS / "bentoml" / "bin" / "bentoml", "torchserve": VENVS / "torchserve" / "bin" / "torchserve"}
@@ -234,12 +250,16 @@ def main() -> None:
     print(f"\nmodel {version}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     if rows:
         print_table(["cands", "server", "req/s", "ours/peer", "p50 ms @½", "p95 ms @½", "p99 ms @½"], rows)
+    ratios = throughput_ratios(results)
+    for ours, by_peer in ratios.items():
+        for peer, by_size in by_peer.items():
+            print(f"{ours} / {peer} throughput: " + ", ".join(f"{n}: {r:.2f}x" for n, r in by_size.items()))
     path = write_result(args.out, {
         "model": str(version.relative_to(ROOT) if version.is_relative_to(ROOT) else version),
         "load_average_1_5_15": {"before": load_before, "after": load_after},
         "client": "bench/loadgen.py (separate process, asyncio raw HTTP/1.1 keep-alive, loopback)",
         "seconds_per_run": args.seconds, "connections": args.connections,
-        "servers": results, "skipped": skipped,
+        "throughput_ratios": ratios, "servers": results, "skipped": skipped,
     })  # fmt: skip
     print(f"\nwrote {path}")
 
