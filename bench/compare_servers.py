@@ -175,6 +175,50 @@ def measure(name: str, args, version: Path, bodies: dict[int, Path], reference: 
             stop(proc)
 
 
+def engine_ceilings(version: Path, features: Path, bodies: dict[int, Path], seconds: float) -> dict:
+    """Inference alone, no server: two threads (one per core) calling the engine back to back on the
+    encoded batch, one intra-op thread each. Runs/s here bound any server's throughput."""
+    import threading
+
+    import onnxruntime as ort
+    import torch
+    from peers.core import RankingCore
+    from peers.torch_model import load_model
+
+    core = RankingCore(version, features)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(version / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    torch.set_num_threads(1)
+    model = load_model(version, CACHE / f"{version.parent.name}-{version.name}.pt")
+    out: dict = {}
+    for n, body in bodies.items():
+        inputs, _ = core.inputs(json.loads(body.read_bytes()))
+        tensors = (torch.from_numpy(inputs["sparse_ids"]), torch.from_numpy(inputs["dense"]))
+
+        def torch_run():
+            with torch.inference_mode():
+                model(*tensors)
+
+        for engine, run in (("onnxruntime", lambda: session.run(None, inputs)), ("pytorch", torch_run)):
+            counts = [0, 0]
+            stop_at = time.perf_counter() + 1 + seconds
+
+            def loop(k: int) -> None:
+                while (t := time.perf_counter()) < stop_at:
+                    run()
+                    counts[k] += t > stop_at - seconds
+
+            threads = [threading.Thread(target=loop, args=(k,)) for k in range(2)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            out.setdefault(str(n), {})[engine] = sum(counts) / seconds
+        print(f"  engines alone, {n} candidates: " + ", ".join(f"{e} {r:.0f} runs/s" for e, r in out[str(n)].items()))
+    return out
+
+
 def throughput_ratios(results: dict) -> dict:
     """ours -> peer -> candidates -> our saturation throughput / the peer's."""
     out: dict = {}
@@ -223,6 +267,8 @@ def main() -> None:
         bodies[n] = tmp / f"body-{n}.json"
         bodies[n].write_bytes(make_request(n, args.features))
 
+    print("inference alone (2 threads x 1 intra-op thread, no server):", flush=True)
+    ceilings = engine_ceilings(version, args.features, bodies, args.seconds)
     results, skipped, reference = {}, {}, None
     for name in args.servers.split(","):
         if why := available(name):
@@ -248,6 +294,9 @@ def main() -> None:
             ratio = f"{base / sat['throughput_rps']:.2f}x" if base and name != "ple-ranker" else ""
             rows.append([n, name, round(sat["throughput_rps"], 1), ratio, half["p50_ms"], half["p95_ms"], half["p99_ms"]])
     print(f"\nmodel {version}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    for n in bodies:
+        rows.append([n, "(ORT alone)", round(ceilings[str(n)]["onnxruntime"], 1), "", "", "", ""])
+        rows.append([n, "(PyTorch alone)", round(ceilings[str(n)]["pytorch"], 1), "", "", "", ""])
     if rows:
         print_table(["cands", "server", "req/s", "ours/peer", "p50 ms @½", "p95 ms @½", "p99 ms @½"], rows)
     ratios = throughput_ratios(results)
@@ -259,7 +308,7 @@ def main() -> None:
         "load_average_1_5_15": {"before": load_before, "after": load_after},
         "client": "bench/loadgen.py (separate process, asyncio raw HTTP/1.1 keep-alive, loopback)",
         "seconds_per_run": args.seconds, "connections": args.connections,
-        "throughput_ratios": ratios, "servers": results, "skipped": skipped,
+        "throughput_ratios": ratios, "engines_alone_runs_per_s": ceilings, "servers": results, "skipped": skipped,
     })  # fmt: skip
     print(f"\nwrote {path}")
 
