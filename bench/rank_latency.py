@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -138,11 +139,12 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=4)
     args = p.parse_args()
     version = newest_version(args.models, args.name)
+    load_before = os.getloadavg()
     bodies = {n: make_request(n, args.features) for n in SIZES}
     bare, service = bench_in_process(args.models, args.features, bodies, args.repeat)
     http = bench_http(args.models, args.features, bodies, args.repeat, args.seconds, args.concurrency)
 
-    print(f"model {version} — p50/p95/p99 in ms")
+    print(f"model {version} — p50/p95/p99 in ms; load average {load_before[0]:.2f} at start")
     rows = []
     for n in SIZES:
         rows.append([n, "bare ORT", bare[n]["p50_ms"], bare[n]["p95_ms"], bare[n]["p99_ms"], "", ""])
@@ -156,6 +158,7 @@ def main() -> None:
     print_table(["cands", *stage_names], [[n, *service[n]["stages_p50_ms"].values()] for n in SIZES])
     path = write_result("rank_latency", {"model": str(version.relative_to(ROOT) if version.is_relative_to(ROOT) else version),
                                          "model_json": json.loads((version / "model.json").read_text())["hyperparameters"],
+                                         "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
                                          "bare_ort": bare, "in_process": service, "http": http})  # fmt: skip
     print(f"\nwrote {path}")
 
