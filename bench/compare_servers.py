@@ -141,7 +141,10 @@ def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 1
 def loadgen(url: str, body_file: Path, mode: list[str], seconds: float) -> dict:
     cmd = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--body", str(body_file),
            "--seconds", str(seconds), *mode]  # fmt: skip
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen {' '.join(mode)} failed: {done.stderr[-1500:]}")
+    return json.loads(done.stdout)
 
 
 def agreement(ours: dict, theirs: dict) -> float:

@@ -100,7 +100,15 @@ async def open_loop(host: str, port: int, raw: bytes, rate: float, seconds: floa
         else:
             conn = await Connection.open(host, port)
             opened += 1
-        status = await conn.request(raw)
+        try:
+            status = await conn.request(raw)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            # A pooled connection that sat idle past the server's keep-alive timeout was closed by
+            # the server: reopen and send again (the latency still counts from the schedule).
+            conn.close()
+            conn = await Connection.open(host, port)
+            opened += 1
+            status = await conn.request(raw)
         done = time.perf_counter()
         idle.append(conn)
         if i >= measured_from:
