@@ -156,26 +156,28 @@ def agreement(ours: dict, theirs: dict) -> float:
     return max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in a)
 
 
-def measure(name: str, args, version: Path, bodies: dict[int, Path], reference: dict | None) -> dict:
+def start(name: str, args, version: Path, probe: bytes) -> tuple[subprocess.Popen, str, dict]:
+    """Launch one server and wait until it ranks; returns (process, URL, its first answer)."""
     log_path = CACHE / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
+    with open(log_path, "w") as log:  # the child keeps its own handle
         proc, url = launch(name, version, args.models, args.features, free_port(), log)
-        try:
-            answer = wait_ready(url, bodies[min(bodies)].read_bytes(), proc)
-            out: dict = {"settings": SETTINGS[name], "url": url}
-            if reference is not None:
-                out["max_rel_score_diff_vs_ple_ranker"] = agreement(reference, answer)
-            for n, body in bodies.items():
-                runs = [loadgen(url, body, ["closed", "--connections", str(c)], args.seconds) for c in args.connections]
-                best = max(runs, key=lambda r: r["throughput_rps"])
-                half = loadgen(url, body, ["open", "--rate", f"{best['throughput_rps'] / 2:.2f}"], args.seconds)
-                out[str(n)] = {"saturation": best, "saturation_runs": runs, "half_load": half}
-                print(f"  {name} {n}: {best['throughput_rps']:.0f} req/s (c={best['connections']}), "
-                      f"half load p50 {half['p50_ms']:.2f} ms", flush=True)  # fmt: skip
-            return out | {"first_answer": answer} if name == "ple-ranker" else out
-        finally:
-            stop(proc)
+    try:
+        return proc, url, wait_ready(url, probe, proc)
+    except Exception:
+        stop(proc)
+        raise
+
+
+def measure(name: str, url: str, body: Path, args) -> dict:
+    """Saturation (closed loop, best of args.connections), then latency at half that rate."""
+    load = os.getloadavg()[0]
+    runs = [loadgen(url, body, ["closed", "--connections", str(c)], args.seconds) for c in args.connections]
+    best = max(runs, key=lambda r: r["throughput_rps"])
+    half = loadgen(url, body, ["open", "--rate", f"{best['throughput_rps'] / 2:.2f}"], args.seconds)
+    print(f"  {name}: {best['throughput_rps']:.0f} req/s (c={best['connections']}), "
+          f"half load p50 {half['p50_ms']:.2f} ms  [load {load:.2f}]", flush=True)  # fmt: skip
+    return {"saturation": best, "saturation_runs": runs, "half_load": half, "load_average_at_start": load}
 
 
 def engine_ceilings(version: Path, features: Path, bodies: dict[int, Path], seconds: float) -> dict:
@@ -272,21 +274,40 @@ def main() -> None:
 
     print("inference alone (2 threads x 1 intra-op thread, no server):", flush=True)
     ceilings = engine_ceilings(version, args.features, bodies, args.seconds)
-    results, skipped, reference = {}, {}, None
-    for name in args.servers.split(","):
-        if why := available(name):
-            skipped[name] = why
-            print(f"skipping {name}: {why}")
-            continue
-        print(f"{name}: {SETTINGS[name]}", flush=True)
-        try:
-            results[name] = measure(name, args, version, bodies, reference)
-        except Exception as exc:  # one broken peer must not lose the others' figures
-            skipped[name] = f"failed: {exc} (log: bench/.cache/logs/{name}.log)"
-            print(f"  {name} failed: {exc}")
-            continue
-        if name == "ple-ranker":
-            reference = results[name].pop("first_answer")
+    # Every server runs at once (idle ones cost next to nothing) and each size is measured server
+    # after server, so a change in the machine's background load hits all of them alike.
+    results, skipped, running, reference = {}, {}, {}, None
+    try:
+        for name in args.servers.split(","):
+            if why := available(name):
+                skipped[name] = why
+                print(f"skipping {name}: {why}")
+                continue
+            print(f"{name}: {SETTINGS[name]}", flush=True)
+            try:
+                proc, url, answer = start(name, args, version, bodies[min(bodies)].read_bytes())
+            except Exception as exc:  # one broken peer must not lose the others' figures
+                skipped[name] = f"failed: {exc} (log: bench/.cache/logs/{name}.log)"
+                print(f"  {name} failed: {exc}")
+                continue
+            running[name] = (proc, url)
+            results[name] = {"settings": SETTINGS[name], "url": url}
+            if name == "ple-ranker":
+                reference = answer
+            elif reference is not None:
+                results[name]["max_rel_score_diff_vs_ple_ranker"] = agreement(reference, answer)
+        for n, body in bodies.items():
+            print(f"{n} candidates:", flush=True)
+            for name, (proc, url) in running.items():
+                try:
+                    results[name][str(n)] = measure(name, url, body, args)
+                except Exception as exc:
+                    skipped[f"{name}@{n}"] = str(exc)
+                    print(f"  {name} failed: {exc}")
+    finally:
+        for proc, _ in running.values():
+            stop(proc)
+    results = {k: v for k, v in results.items() if all(str(n) in v for n in bodies)}
     load_after = os.getloadavg()
 
     rows = []
