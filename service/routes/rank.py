@@ -2,11 +2,11 @@ from fastapi import APIRouter
 
 from service.deps import RankerDep
 from service.responses import JSONBytes
-from service.schemas import ErrorResponse, RankRequest, RankResponse
+from service.schemas import RankRequest, RankResponse, error_responses
 
 router = APIRouter(tags=["ranking"])
 
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 413, 422, 503)}
+ERRORS = error_responses(400, 404, 408, 409, 413, 422, 503)
 
 
 @router.post("/v1/rank", response_model=RankResponse, response_class=JSONBytes, responses=ERRORS)
