@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.control import ControlPlane, InProcessControl, RedisControl
+from service.engine import choose_providers
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.livestats import LiveStats
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        choose_providers(settings.device)  # --device cuda without a CUDA build: refuse to start, say why
         store, control = build_backends(settings)
         registry = Registry(settings, metrics_, control)
         registry.start()

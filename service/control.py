@@ -111,13 +111,9 @@ class RedisControl:
 
     def read(self, name: str) -> RoutingState | None:
         try:
-            active, split = self.client.mget([self._key(name, "active"), self._key(name, "split")])
+            return _parse(*self.client.mget([self._key(name, "active"), self._key(name, "split")]))
         except redis.RedisError as exc:
             raise ControlUnavailable(str(exc)) from exc
-        if active is None:
-            return None
-        weights = {int(k): float(v) for k, v in orjson.loads(split).items()} if split else None
-        return RoutingState(int(active), weights)
 
     def _set(self, pipe, name: str, state: RoutingState) -> None:
         pipe.set(self._key(name, "active"), state.active)
@@ -155,11 +151,7 @@ class RedisControl:
         return result[0]
 
     def _read_in(self, pipe, name: str) -> RoutingState | None:
-        active = pipe.get(self._key(name, "active"))
-        split = pipe.get(self._key(name, "split"))
-        if active is None:
-            return None
-        return RoutingState(int(active), {int(k): float(v) for k, v in orjson.loads(split).items()} if split else None)
+        return _parse(pipe.get(self._key(name, "active")), pipe.get(self._key(name, "split")))
 
     def _transaction(self, change, name: str) -> None:
         keys = [self._key(name, p) for p in ("active", "split", "history")]
@@ -209,6 +201,13 @@ class RedisControl:
     def _resync(self, on_change: OnChange, models: Callable[[], list[str]]) -> None:
         for name in models():
             _safely(on_change, name)
+
+
+def _parse(active: bytes | None, split: bytes | None) -> RoutingState | None:
+    """The state stored under the active and split keys (None when no version was ever set)."""
+    if active is None:
+        return None
+    return RoutingState(int(active), {int(k): float(v) for k, v in orjson.loads(split).items()} if split else None)
 
 
 def _safely(on_change: OnChange, name: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from service.modelspec import FeatureSpec, TensorSpec
 
 MISSING_ID = 0
+CACHE_LIMIT = 1 << 18  # raw strings remembered per sparse feature (ids, categories)
 SPARSE_INPUT = "sparse_ids"
 DENSE_INPUT = "dense"
 
@@ -84,6 +85,7 @@ class FeatureTransform:
         self._vocab = {
             s.name: {v: i + 1 for i, v in enumerate(s.vocabulary)} for s in self.sparse if s.vocabulary
         }
+        self._cache: dict[str, dict[str, int]] = {s.name: {} for s in self.sparse}
         self.by_source = {
             src: [s.name for s in self.specs if s.source == src] for src in ("user", "item", "context")
         }
@@ -112,6 +114,23 @@ class FeatureTransform:
         assert spec.buckets is not None
         return _hash_bucket(spec.name, text, spec.buckets)
 
+    def _column_ids(self, spec: FeatureSpec, column: Sequence[Any]) -> np.ndarray:
+        """Ids of a column of raw values: a dict lookup per string seen before, else sparse_id().
+
+        Only str keys enter the cache, so values that compare equal across types (True == 1,
+        21 == 21.0) can never hit each other's entry; they take the exact path every time.
+        """
+        cache = self._cache[spec.name]
+        ids = list(map(cache.get, column))
+        if None in ids:
+            for k, found in enumerate(ids):
+                if found is None:
+                    raw = column[k]
+                    ids[k] = self.sparse_id(spec, raw)
+                    if type(raw) is str and len(cache) < CACHE_LIMIT:
+                        cache[raw] = ids[k]
+        return np.array(ids, dtype=np.int64)
+
     # ---- whole requests or data sets ----
 
     def encode(
@@ -132,8 +151,7 @@ class FeatureTransform:
         sparse = np.empty((n, len(self.sparse)), dtype=np.int64)
         for j, spec in enumerate(self.sparse):
             if spec.name in per_row:
-                column = per_row[spec.name]
-                ids = np.fromiter((self.sparse_id(spec, v) for v in column), dtype=np.int64, count=n)
+                ids = self._column_ids(spec, per_row[spec.name])
                 sparse[:, j] = ids
                 defaulted += int(np.count_nonzero(ids == MISSING_ID))
             else:

@@ -99,3 +99,14 @@ def test_training_and_serving_encode_the_same_raw_record_identically():
         served = transform.encode(1, shared, per_row)
         np.testing.assert_array_equal(served.sparse_ids[0], trained.sparse_ids[out_row])
         np.testing.assert_array_equal(served.dense[0], trained.dense[out_row])
+
+
+def test_remembered_strings_never_change_ids_of_equal_values_of_other_types():
+    t = FeatureTransform(SPECS)
+    hour = SPECS[2]
+    column = ["1", True, 1, 1.0, "true", None, "1", True]
+    expected = [t.sparse_id(hour, v) for v in column]
+    for _ in range(2):  # the second pass answers strings from the cache
+        got = t.encode(len(column), per_row={"hour": column}).sparse_ids[:, 2].tolist()
+        assert got == expected
+    assert expected[0] == expected[2] == expected[3] != expected[1] == expected[4]

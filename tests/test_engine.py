@@ -1,0 +1,54 @@
+"""Provider choice and the engine's batch handling."""
+
+import subprocess
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.engine import CPU, CUDA, DeviceUnavailable, InferenceEngine, choose_providers
+from service.settings import Settings
+from tests.conftest import BIN
+
+HAS_CUDA = CUDA in ort.get_available_providers()
+
+
+def test_auto_falls_back_to_cpu_without_a_cuda_build():
+    expected = [CUDA, CPU] if HAS_CUDA else [CPU]
+    assert choose_providers("auto") == expected
+    assert choose_providers("cpu") == [CPU]
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime build has CUDA")
+def test_device_cuda_without_cuda_refuses_to_start(trained):
+    with pytest.raises(DeviceUnavailable):
+        choose_providers("cuda")
+    out = subprocess.run([BIN / "ranker-serve", "--models", trained.models_dir, "--device", "cuda", "--port", "0"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode != 0
+    assert "--device cuda" in out.stdout + out.stderr
+
+
+def test_padding_buckets_do_not_change_results(trained):
+    onnx_path = str(trained.version_dir / "model.onnx")
+    plain = InferenceEngine(onnx_path, device="cpu")
+    padded = InferenceEngine(onnx_path, device="cpu")
+    padded.buckets = [4, 16]  # what the CUDA path does: pad to a bucket, slice back
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 7, 20):
+        inputs = {"sparse_ids": rng.integers(0, 2, (n, 10)), "dense": rng.normal(size=(n, 4)).astype(np.float32)}
+        a, b = plain.run(inputs), padded.run(inputs)
+        assert all(b[k].shape == (n,) for k in b)
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
+
+
+def test_the_provider_in_use_is_reported(trained):
+    with TestClient(create_app(Settings(models_dir=trained.models_dir, features_dir=None, watch="off"))) as c:
+        assert c.get("/v1/models").json()["models"][0]["provider"] == (CUDA if HAS_CUDA else CPU)
+        one = c.get("/v1/models/ple").json()
+        assert one["name"] == "ple" and one["versions"][0]["features"][0]["name"] == "user_id"
+        assert one["versions"][0]["video_len_transform"]["kind"] == "log"
+        assert c.get("/v1/models/nope").status_code == 404
