@@ -112,7 +112,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--rate", type=float, help="requests/s in total (default: flat out, or --load-fraction of --probe)")
     p.add_argument("--probe", type=float, default=0.0, help="seconds of a flat-out capacity probe first (0: none)")
-    p.add_argument("--load-fraction", type=float, default=0.8, help="with --probe and no --rate: rate = this x capacity")
+    p.add_argument("--load-fraction", type=float, default=0.8,
+                   help="with --probe and no --rate: rate = this x capacity")
     p.add_argument("--swap-every", type=float, default=0.0, help="seconds between swaps (0: back to back)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "swap_under_load.json")
     args = p.parse_args()
@@ -167,7 +168,8 @@ def main() -> None:
                           "versions_seen": len({r[3] for r in rows})}  # fmt: skip
     result = {"machine": machine(), "swaps": args.swaps, "concurrency": args.concurrency, "model": str(source),
               "capacity_rps": capacity, "target_rps": rate, "swap_every_s": args.swap_every,
-              "achieved_rps_swapping": load.throughput("swapping", swapping_seconds), "swapping_seconds": swapping_seconds,
+              "achieved_rps_swapping": load.throughput("swapping", swapping_seconds),
+              "swapping_seconds": swapping_seconds,
               "load_average_before": load_average_before, "load_average_after": load_average_after,
               "open_fds_every_10_swaps": fds_trend,
               "swap_call_ms": percentiles_ms(swap_seconds), "phases": summary,

@@ -16,7 +16,6 @@ import os
 import shutil
 from collections import Counter
 
-import httpx
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st

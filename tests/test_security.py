@@ -38,4 +38,5 @@ def test_a_version_folder_linked_out_of_the_repository_is_refused(repo, tmp_path
         c.app.state.registry.poll()  # the watcher does not load it either
         rows = {m["version"]: m for m in c.get("/v1/models").json()["models"]}
         assert rows[3]["state"] == "failed" and "outside" in rows[3]["reason"]
-        assert c.post("/v1/rank", json={"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3.0}]}).json()["version"] == 2
+        r = c.post("/v1/rank", json={"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3.0}]})
+        assert r.json()["version"] == 2
