@@ -28,7 +28,7 @@ PARITY_ATOL = 1e-5
 
 
 def export_onnx(model: torch.nn.Module, path: Path, example: tuple[np.ndarray, np.ndarray]) -> None:
-    """ONNX with a dynamic batch axis; one named output per task."""
+    """ONNX with a dynamic batch axis; one named output per task (then gate weights, if asked)."""
     model.eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     args = tuple(torch.from_numpy(a) for a in example)
@@ -44,7 +44,7 @@ def _export(model, path, args, batch) -> None:
         args,
         str(path),
         input_names=[SPARSE_INPUT, DENSE_INPUT],
-        output_names=[t.output for t in model.tasks],
+        output_names=model.output_names,
         dynamic_shapes=({0: batch}, {0: batch}),
         opset_version=OPSET,
         dynamo=True,
@@ -62,6 +62,15 @@ def max_parity_error(model: torch.nn.Module, onnx_path: Path, sparse: np.ndarray
     with torch.no_grad():
         torch_out = model(torch.from_numpy(sparse), torch.from_numpy(dense))
     return max(float(np.max(np.abs(a - b.numpy()))) for a, b in zip(ort_out, torch_out))
+
+
+def output_specs(model) -> list[TensorSpec]:
+    """One (B,) output per task, then (B, G, E) gate weights per gated level when exported."""
+    specs = [TensorSpec(name=t.output, dtype="float32", shape=[-1]) for t in model.tasks]
+    if model.config.gate_outputs:
+        specs += [TensorSpec(name=f"gates_{j}", dtype="float32", shape=[-1, g, e])
+                  for j, (g, e) in enumerate(model.gate_shapes())]  # fmt: skip
+    return specs
 
 
 def git_commit() -> str:
@@ -102,7 +111,7 @@ def write_version(result: TrainResult, out: Path, name: str) -> Path:
                 tasks=data.tasks,
                 features=result.features,
                 inputs=transform.input_specs(),
-                outputs=[TensorSpec(name=t.output, dtype="float32", shape=[-1]) for t in data.tasks],
+                outputs=output_specs(model),
                 scoring=ScoringDefaults(weights=data.default_weights),
                 training_data=DataSpec(
                     source=data.name,
