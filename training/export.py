@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -64,6 +65,18 @@ def max_parity_error(model: torch.nn.Module, onnx_path: Path, sparse: np.ndarray
     return max(float(np.max(np.abs(a - b.numpy()))) for a, b in zip(ort_out, torch_out))
 
 
+def model_metrics(result: TrainResult, parity: float) -> dict[str, dict[str, float]]:
+    """model.json's metrics: per split and task, expert utilisation per gate, extras, training."""
+    return {
+        **{f"{split}.{task}": m for split, tasks in result.metrics.items() for task, m in tasks.items()},
+        **result.gates,
+        **result.extra_metrics,
+        "training": {"seconds": result.seconds, "samples_per_second": result.samples_per_second,
+                     "epochs": float(len(result.history)), "best_epoch": float(result.best_epoch),
+                     "parity_max_abs_error": parity},
+    }  # fmt: skip
+
+
 def output_specs(model) -> list[TensorSpec]:
     """One (B,) output per task, then (B, G, E) gate weights per gated level when exported."""
     specs = [TensorSpec(name=t.output, dtype="float32", shape=[-1]) for t in model.tasks]
@@ -117,20 +130,19 @@ def write_version(result: TrainResult, out: Path, name: str) -> Path:
                     source=data.name,
                     description=data.description,
                     sha256=data.sha256(),
-                    rows={"total": len(data)},
+                    rows={"total": len(data), **result.rows},
                     seed=data.seed,
                 ),
-                metrics={
-                    **{f"{split}.{task}": m for split, tasks in result.metrics.items() for task, m in tasks.items()},
-                    "training": {"seconds": result.seconds, "samples_per_second": result.samples_per_second,
-                                 "parity_max_abs_error": parity},
-                },  # fmt: skip
+                metrics=model_metrics(result, parity),
                 git_commit=git_commit(),
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 onnx_sha256=sha256_file(onnx_path),
                 opset=OPSET,
             )
             (staging / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
+            metrics_json = {**spec.metrics, "history": result.history, "family": model.family,
+                            "hyperparameters": spec.hyperparameters, "data": spec.training_data.model_dump()}  # fmt: skip
+            (staging / "metrics.json").write_text(json.dumps(metrics_json, indent=2) + "\n")
             os.chmod(staging, 0o755)
             try:
                 # rename() of a directory fails if the target exists and is not empty; an empty

@@ -1,18 +1,26 @@
-"""Training loop: encode with the service's feature transform, masked multi-task loss, evaluate."""
+"""Training loop: encode with the service's feature transform, masked multi-task loss, evaluate.
+
+Per epoch t every task's loss is weighted by w_k(t) = w_k0 * gamma_k^t (the PLE paper's Sec. 5.3).
+After each epoch the validation loss (the masked task losses weighted by w_k0) decides early
+stopping; the weights of the best epoch are the ones kept and exported. Runs are seeded: the same
+seed, data and thread count give the same model.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from service.features import Encoded, FeatureTransform, fit_dense
 from service.modelspec import FeatureSpec
 from training.data import Dataset
-from training.evaluate import predict, task_metrics
+from training.evaluate import gate_utilisation, predict, task_metrics
 from training.losses import epoch_task_weights, masked_task_losses
 from training.models import MultiTaskModel, build_model
 
@@ -22,8 +30,11 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 1024
     lr: float = 3e-3
+    weight_decay: float = 0.0
     seed: int = 0
-    split_seed: int = 0
+    split_seed: int | None = None  # None: the data set's own seed (its documented split), else 0
+    patience: int = 0  # stop after this many epochs without a better validation loss; 0 = never
+    progress: bool | None = None  # a tqdm bar per epoch; None = only on a terminal
     loss_w0: dict[str, float] = field(default_factory=dict)  # w_k0 per task (default 1)
     loss_gamma: dict[str, float] = field(default_factory=dict)  # gamma_k per task (default 1)
 
@@ -37,6 +48,10 @@ class TrainResult:
     history: list[dict[str, float]]
     seconds: float
     samples_per_second: float
+    gates: dict[str, dict[str, float]] = field(default_factory=dict)  # expert utilisation per gate
+    extra_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. the MTL gain
+    best_epoch: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
 
 
 def fit_features(train: Dataset) -> list[FeatureSpec]:
@@ -47,6 +62,24 @@ def encode(transform: FeatureTransform, data: Dataset) -> Encoded:
     return transform.encode(len(data), per_row=data.columns)
 
 
+@torch.no_grad()
+def validation_loss(model: MultiTaskModel, enc: Encoded, data: Dataset, w0: torch.Tensor, batch: int = 8192) -> float:
+    """The w_k0-weighted masked loss over a whole split (per task: mean over its sample space)."""
+    model.eval()
+    sums, counts = torch.zeros(len(data.tasks)), torch.zeros(len(data.tasks))
+    for i in range(0, len(data), batch):
+        sl = slice(i, i + batch)
+        masks = torch.from_numpy(data.masks[sl])
+        per_task = masked_task_losses(
+            model.logits(torch.from_numpy(enc.sparse_ids[sl]), torch.from_numpy(enc.dense[sl])),
+            torch.from_numpy(data.labels[sl]), masks, data.tasks,
+        )  # fmt: skip
+        n = masks.sum(0).float()
+        sums += per_task * n
+        counts += n
+    return float((w0 * sums / counts.clamp(min=1.0)).sum())
+
+
 def run_training(
     dataset: Dataset,
     family: str,
@@ -55,28 +88,34 @@ def run_training(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     torch.manual_seed(config.seed)
-    train, val, test = dataset.split(seed=config.split_seed)
+    split_seed = config.split_seed if config.split_seed is not None else (dataset.seed or 0)
+    train, val, test = dataset.split(seed=split_seed)
     features = fit_features(train)
     transform = FeatureTransform(features)
     enc = {name: encode(transform, part) for name, part in (("train", train), ("val", val), ("test", test))}
     model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
     log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{len(train)} train / {len(val)} validation / {len(test)} test rows")  # fmt: skip
+        f"{len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")  # fmt: skip
 
     sparse = torch.from_numpy(enc["train"].sparse_ids)
     dense = torch.from_numpy(enc["train"].dense)
     labels = torch.from_numpy(train.labels)
     masks = torch.from_numpy(train.masks)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    history = []
+    w0 = epoch_task_weights(dataset.tasks, 0, config.loss_w0, {})
+    history: list[dict[str, float]] = []
+    best = (float("inf"), -1, None)  # validation loss, epoch, weights
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
         weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma)
         order = torch.randperm(len(train), generator=generator)
         total, steps = torch.zeros(len(dataset.tasks)), 0
-        for i in range(0, len(order), config.batch_size):
+        batches = range(0, len(order), config.batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", file=sys.stderr, leave=False,
+                   disable=None if config.progress is None else not config.progress)  # fmt: skip
+        for i in bar:
             idx = order[i : i + config.batch_size]
             per_task = masked_task_losses(model.logits(sparse[idx], dense[idx]), labels[idx], masks[idx], dataset.tasks)
             loss = (weights * per_task).sum()
@@ -85,18 +124,30 @@ def run_training(
             optimizer.step()
             total += per_task.detach()
             steps += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        val_loss = validation_loss(model, enc["val"], val, w0)
         val_metrics = task_metrics(predict(model, enc["val"].sparse_ids, enc["val"].dense), val.labels, val.masks, dataset.tasks)
-        entry = {"epoch": epoch, **{f"loss_{t.name}": float(total[k] / steps) for k, t in enumerate(dataset.tasks)}}
-        history.append(entry)
+        history.append({"epoch": epoch, "val_loss": val_loss,
+                        **{f"w_{t.name}": float(weights[k]) for k, t in enumerate(dataset.tasks)},
+                        **{f"loss_{t.name}": float(total[k] / steps) for k, t in enumerate(dataset.tasks)},
+                        **{f"val_{t}_{m}": v for t, ms in val_metrics.items() for m, v in ms.items() if m in ("auc", "mse")}})  # fmt: skip
         summary = " ".join(f"{t}:{m.get('auc', m.get('mse', float('nan'))):.4f}" for t, m in val_metrics.items())
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {float((weights * total).sum() / steps):.4f}  val {summary}")
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {float((weights * total).sum() / steps):.4f}  "
+            f"val loss {val_loss:.4f}  val {summary}")  # fmt: skip
+        if val_loss < best[0]:
+            best = (val_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        elif config.patience and epoch - best[1] >= config.patience:
+            log(f"early stop: no better validation loss for {config.patience} epoch(s); keeping epoch {best[1] + 1}")
+            break
     seconds = time.perf_counter() - start
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    model.eval()
 
     metrics = {
         split: task_metrics(predict(model, enc[key].sparse_ids, enc[key].dense), part.labels, part.masks, dataset.tasks)
         for split, key, part in (("validation", "val", val), ("test", "test", test))
     }
-    model.eval()
     return TrainResult(
         model=model,
         features=features,
@@ -104,7 +155,10 @@ def run_training(
         metrics=metrics,
         history=history,
         seconds=seconds,
-        samples_per_second=config.epochs * len(train) / max(seconds, 1e-9),
+        samples_per_second=len(history) * len(train) / max(seconds, 1e-9),
+        gates=gate_utilisation(model, enc["val"].sparse_ids, enc["val"].dense),
+        best_epoch=best[1],
+        rows={"train": len(train), "validation": len(val), "test": len(test)},
     )
 
 
