@@ -117,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(run["threads"]))
     dataset = load_data(run["data"], cfg["data"].get(run["data"], {}), run.get("data_dir"),
                         args.features_out if run["data"] == "videolog" else None)  # fmt: skip
-    result = run_training(dataset, run["model"], train_config, model_config,
-                          log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    try:
+        result = run_training(dataset, run["model"], train_config, model_config,
+                              log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if result.rank > 0:  # data-parallel: rank 0 evaluates, exports and prints the folder
+        return 0
     if args.baseline_metrics:
         result.extra_metrics.update(baseline_gain(args.baseline_metrics, result))
     print(f"validation metrics ({result.seconds:.1f}s, {result.samples_per_second:,.0f} samples/s):", file=sys.stderr)

@@ -73,6 +73,7 @@ def model_metrics(result: TrainResult, parity: float) -> dict[str, dict[str, flo
         **result.extra_metrics,
         "training": {"seconds": result.seconds, "samples_per_second": result.samples_per_second,
                      "epochs": float(len(result.history)), "best_epoch": float(result.best_epoch),
+                     "world_size": float(result.world_size),
                      "parity_max_abs_error": parity},
     }  # fmt: skip
 

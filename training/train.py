@@ -1,6 +1,10 @@
 """Training loop: encode with the service's feature transform, masked multi-task loss, evaluate.
 
 Per epoch t every task's loss is weighted by w_k(t) = w_k0 * gamma_k^t (the PLE paper's Sec. 5.3).
+Under torchrun (WORLD_SIZE > 1) the same loop runs data-parallel: every process builds the same
+model from the same seed, takes its share of each global batch, and DistributedDataParallel
+averages the gradients (gloo: the trainer runs on CPU). All processes evaluate the full validation
+split, so they take the same early-stopping decision; only rank 0 exports.
 After each epoch the validation loss (the masked task losses weighted by w_k0) decides early
 stopping; the weights of the best epoch are the ones kept and exported. Runs are seeded: the same
 seed, data and thread count give the same model.
@@ -8,6 +12,7 @@ seed, data and thread count give the same model.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +20,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from service.features import Encoded, FeatureTransform, fit_dense
@@ -52,6 +60,29 @@ class TrainResult:
     extra_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. the MTL gain
     best_epoch: int = 0
     rows: dict[str, int] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; joins the process group on first use."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # the trainer's tensors live on the CPU
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _Logits(nn.Module):
+    """model.logits as forward, so DistributedDataParallel's gradient hooks see the training path."""
+
+    def __init__(self, model: MultiTaskModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(sparse_ids, dense)
 
 
 def fit_features(train: Dataset) -> list[FeatureSpec]:
@@ -94,6 +125,11 @@ def run_training(
     transform = FeatureTransform(features)
     enc = {name: encode(transform, part) for name, part in (("train", train), ("val", val), ("test", test))}
     model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
+    rank, world = distributed_context()
+    step_model: nn.Module = _Logits(model)
+    if world > 1:
+        step_model = DistributedDataParallel(step_model)
+        log(f"rank {rank}/{world}: data-parallel, {config.batch_size} rows per process and step")
     log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"{len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")  # fmt: skip
 
@@ -112,12 +148,13 @@ def run_training(
         weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma)
         order = torch.randperm(len(train), generator=generator)
         total, steps = torch.zeros(len(dataset.tasks)), 0
-        batches = range(0, len(order), config.batch_size)
+        global_batch = config.batch_size * world
+        batches = range(0, len(order) - world + 1, global_batch)  # every process gets >= 1 row per step
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", file=sys.stderr, leave=False,
-                   disable=None if config.progress is None else not config.progress)  # fmt: skip
+                   disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
         for i in bar:
-            idx = order[i : i + config.batch_size]
-            per_task = masked_task_losses(model.logits(sparse[idx], dense[idx]), labels[idx], masks[idx], dataset.tasks)
+            idx = torch.tensor_split(order[i : i + global_batch], world)[rank]  # this process's share
+            per_task = masked_task_losses(step_model(sparse[idx], dense[idx]), labels[idx], masks[idx], dataset.tasks)
             loss = (weights * per_task).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -159,6 +196,8 @@ def run_training(
         gates=gate_utilisation(model, enc["val"].sparse_ids, enc["val"].dense),
         best_epoch=best[1],
         rows={"train": len(train), "validation": len(val), "test": len(test)},
+        rank=rank,
+        world_size=world,
     )
 
 
