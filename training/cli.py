@@ -19,7 +19,7 @@ from training.evaluate import format_metrics, mtl_gain
 from training.export import write_version
 from training.models import FAMILIES, config_with
 
-DATA_SETS = ["videolog", "census", "kuairand", "synthetic"]
+DATA_SETS = ["videolog", "census", "kuairand", "synthetic", "parquet"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,7 +99,7 @@ def baseline_gain(path: Path, result) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train import run_training  # after argument parsing: --help stays fast
+    from training.train import run_parquet_training, run_training  # after parsing: --help stays fast
 
     args = parse_args(argv)
     try:
@@ -115,11 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if run.get("threads"):
         torch.set_num_threads(int(run["threads"]))
-    dataset = load_data(run["data"], cfg["data"].get(run["data"], {}), run.get("data_dir"),
-                        args.features_out if run["data"] == "videolog" else None)  # fmt: skip
     try:
-        result = run_training(dataset, run["model"], train_config, model_config,
-                              log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+        if run["data"] == "parquet":  # streams: the training split is never loaded whole
+            options = dict(cfg["data"].get("parquet", {}))
+            if "path" not in options:
+                print("ranker-train: --data parquet needs --set data.parquet.path=FILE", file=sys.stderr)
+                return 2
+            result = run_parquet_training(options.pop("path"), run["model"], train_config, model_config,
+                                          log=lambda line: print(line, file=sys.stderr), **options)  # fmt: skip
+        else:
+            dataset = load_data(run["data"], cfg["data"].get(run["data"], {}), run.get("data_dir"),
+                                args.features_out if run["data"] == "videolog" else None)  # fmt: skip
+            result = run_training(dataset, run["model"], train_config, model_config,
+                                  log=lambda line: print(line, file=sys.stderr))  # fmt: skip
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -131,7 +131,7 @@ def write_version(result: TrainResult, out: Path, name: str) -> Path:
                     source=data.name,
                     description=data.description,
                     sha256=data.sha256(),
-                    rows={"total": len(data), **result.rows},
+                    rows={"total": data.source_rows or len(data), **result.rows},
                     seed=data.seed,
                 ),
                 metrics=model_metrics(result, parity),

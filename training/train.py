@@ -12,11 +12,13 @@ seed, data and thread count give the same model.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -111,6 +113,25 @@ def validation_loss(model: MultiTaskModel, enc: Encoded, data: Dataset, w0: torc
     return float((w0 * sums / counts.clamp(min=1.0)).sum())
 
 
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # sparse (b, S), dense (b, D), labels, masks (b, K)
+EpochBatches = Callable[[int, torch.Generator], Iterator[Batch]]  # (epoch, generator) -> this process's batches
+
+
+def in_memory_batches(enc: Encoded, data: Dataset, batch_size: int, rank: int = 0, world: int = 1) -> EpochBatches:
+    """A fresh seeded permutation per epoch; under torchrun each process takes its share of a step."""
+    sparse, dense = torch.from_numpy(enc.sparse_ids), torch.from_numpy(enc.dense)
+    labels, masks = torch.from_numpy(data.labels), torch.from_numpy(data.masks)
+
+    def batches(epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+        order = torch.randperm(len(data), generator=generator)
+        global_batch = batch_size * world
+        for i in range(0, len(order) - world + 1, global_batch):  # every process gets >= 1 row per step
+            idx = torch.tensor_split(order[i : i + global_batch], world)[rank]
+            yield sparse[idx], dense[idx], labels[idx], masks[idx]
+
+    return batches
+
+
 def run_training(
     dataset: Dataset,
     family: str,
@@ -118,25 +139,74 @@ def run_training(
     model_config=None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
+    """Split, fit the dense statistics on the training split, encode, train, evaluate."""
     torch.manual_seed(config.seed)
     split_seed = config.split_seed if config.split_seed is not None else (dataset.seed or 0)
     train, val, test = dataset.split(seed=split_seed)
     features = fit_features(train)
     transform = FeatureTransform(features)
-    enc = {name: encode(transform, part) for name, part in (("train", train), ("val", val), ("test", test))}
+    enc_train = encode(transform, train)
+    rank, world = distributed_context()
+    log(f"{family}: {len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")
+    return fit(dataset, family, features, in_memory_batches(enc_train, train, config.batch_size, rank, world),
+               val, test, len(train), config, model_config, log)  # fmt: skip
+
+
+def run_parquet_training(
+    path,
+    family: str,
+    config: TrainConfig = TrainConfig(),
+    model_config=None,
+    log: Callable[[str], None] = print,
+    chunk_rows: int = 65_536,
+    max_eval_rows: int = 200_000,
+) -> TrainResult:
+    """Train from a Parquet file in the layout of training/data/stream.py, one chunk in memory at a time."""
+    from training.data.stream import ParquetStream
+
+    split_seed = config.split_seed if config.split_seed is not None else 0
+    stream = ParquetStream(path, chunk_rows, split_seed, max_eval_rows)
+    features, val, test, n_train = stream.prepare()
+    transform = FeatureTransform(features)
+    rank, world = distributed_context()
+    log(f"{family}: streaming {stream.n_rows} rows from {path} in chunks of {chunk_rows}: {n_train} train / "
+        f"{len(val)} validation / {len(test)} test rows held out (split seed {split_seed})")  # fmt: skip
+
+    def batches(epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+        for split, chunk in stream.chunks():
+            train = chunk.subset(np.flatnonzero(split == 0))
+            if len(train) >= world:
+                yield from in_memory_batches(encode(transform, train), train, config.batch_size, rank, world)(epoch, generator)
+
+    descriptor = dataclasses.replace(val, description=f"{val.description} (streamed from {Path(path).name})",
+                                     fingerprint=stream.sha256(), source_rows=stream.n_rows)  # fmt: skip
+    return fit(descriptor, family, features, batches, val, test, n_train, config, model_config, log)
+
+
+def fit(
+    dataset: Dataset,
+    family: str,
+    features: list[FeatureSpec],
+    epoch_batches: EpochBatches,
+    val: Dataset,
+    test: Dataset,
+    n_train: int,
+    config: TrainConfig,
+    model_config=None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """The training loop proper, whatever feeds it (memory or a Parquet stream)."""
+    torch.manual_seed(config.seed)
+    transform = FeatureTransform(features)
+    enc = {"val": encode(transform, val), "test": encode(transform, test)}
     model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
     rank, world = distributed_context()
     step_model: nn.Module = _Logits(model)
     if world > 1:
         step_model = DistributedDataParallel(step_model)
         log(f"rank {rank}/{world}: data-parallel, {config.batch_size} rows per process and step")
-    log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")  # fmt: skip
+    log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters")
 
-    sparse = torch.from_numpy(enc["train"].sparse_ids)
-    dense = torch.from_numpy(enc["train"].dense)
-    labels = torch.from_numpy(train.labels)
-    masks = torch.from_numpy(train.masks)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     w0 = epoch_task_weights(dataset.tasks, 0, config.loss_w0, {})
@@ -146,15 +216,12 @@ def run_training(
     for epoch in range(config.epochs):
         model.train()
         weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma)
-        order = torch.randperm(len(train), generator=generator)
         total, steps = torch.zeros(len(dataset.tasks)), 0
-        global_batch = config.batch_size * world
-        batches = range(0, len(order) - world + 1, global_batch)  # every process gets >= 1 row per step
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", file=sys.stderr, leave=False,
+        bar = tqdm(epoch_batches(epoch, generator), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                   file=sys.stderr, leave=False,
                    disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
-        for i in bar:
-            idx = torch.tensor_split(order[i : i + global_batch], world)[rank]  # this process's share
-            per_task = masked_task_losses(step_model(sparse[idx], dense[idx]), labels[idx], masks[idx], dataset.tasks)
+        for sparse, dense, labels, masks in bar:
+            per_task = masked_task_losses(step_model(sparse, dense), labels, masks, dataset.tasks)
             loss = (weights * per_task).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,6 +229,7 @@ def run_training(
             total += per_task.detach()
             steps += 1
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        steps = max(steps, 1)
         val_loss = validation_loss(model, enc["val"], val, w0)
         val_metrics = task_metrics(predict(model, enc["val"].sparse_ids, enc["val"].dense), val.labels, val.masks, dataset.tasks)
         history.append({"epoch": epoch, "val_loss": val_loss,
@@ -192,10 +260,10 @@ def run_training(
         metrics=metrics,
         history=history,
         seconds=seconds,
-        samples_per_second=len(history) * len(train) / max(seconds, 1e-9),
+        samples_per_second=len(history) * n_train / max(seconds, 1e-9),
         gates=gate_utilisation(model, enc["val"].sparse_ids, enc["val"].dense),
         best_epoch=best[1],
-        rows={"train": len(train), "validation": len(val), "test": len(test)},
+        rows={"train": n_train, "validation": len(val), "test": len(test)},
         rank=rank,
         world_size=world,
     )

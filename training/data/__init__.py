@@ -47,6 +47,9 @@ class Dataset:
     video_len_column: str | None = None
     split_fractions: tuple[float, float] = (0.8, 0.1)  # train, validation; the rest is test
     stratify: bool = False  # split each combination of the binary labels separately
+    # For data that is not all in memory (a streamed Parquet file): the source's sha256 and rows.
+    fingerprint: str | None = None
+    source_rows: int | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -83,6 +86,8 @@ class Dataset:
 
     def sha256(self) -> str:
         """Fingerprint of the rows (features, labels, masks) for model.json."""
+        if self.fingerprint:
+            return self.fingerprint
         digest = hashlib.sha256()
         for name in sorted(self.columns):
             digest.update(name.encode())
