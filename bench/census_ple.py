@@ -36,10 +36,12 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],  # the CPU is shared
     }
 
 
 def main() -> int:
+    load_before = [round(x, 2) for x in os.getloadavg()]
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", type=Path, default=REPO / "examples" / "train-census-ple.toml")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "census_ple.json")
@@ -71,7 +73,7 @@ def main() -> int:
         "wall_seconds_including_load_and_export": round(wall, 1),
         "data": metrics["data"],
         "hyperparameters": metrics["hyperparameters"],
-        "machine": machine(),
+        "machine": {**machine(), "load_average_before": load_before},
         "note": args.note,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
