@@ -185,3 +185,18 @@ def test_families_train_on_a_real_data_slice_and_export(data, family, size, tmp_
     else:  # every KuaiRand task was evaluated; completion only where the duration is known
         assert {"auc"} <= set(spec.metrics["test.click"]) and spec.metrics["test.completion"]["mse"] < 0.25
         assert spec.metrics["test.completion"]["samples"] < spec.metrics["test.click"]["samples"]
+
+
+def test_the_example_config_file_holds_valid_hyper_parameters():
+    from pathlib import Path
+
+    from training import config as run_config
+
+    cfg = run_config.load(Path(__file__).parents[1] / "examples" / "train-census-ple.toml", [], {})
+    assert (cfg["run"]["data"], cfg["run"]["model"]) == ("census", "ple")
+    model = config_with("ple", cfg["model"])
+    assert model.expert_hidden == (128, 64) and model.gate_outputs
+    train = run_config.train_config(cfg["train"])
+    assert train.patience == 2 and train.loss_gamma == {"income": 1.0, "never_married": 1.0}
+    with pytest.raises(ValueError, match="no field"):
+        run_config.train_config({"epochz": 3})

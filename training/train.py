@@ -1,19 +1,16 @@
 """Training loop: encode with the service's feature transform, masked multi-task loss, evaluate.
 
 Per epoch t every task's loss is weighted by w_k(t) = w_k0 * gamma_k^t (the PLE paper's Sec. 5.3).
-Under torchrun (WORLD_SIZE > 1) the same loop runs data-parallel: every process builds the same
-model from the same seed, takes its share of each global batch, and DistributedDataParallel
-averages the gradients (gloo: the trainer runs on CPU). All processes evaluate the full validation
-split, so they take the same early-stopping decision; only rank 0 exports.
 After each epoch the validation loss (the masked task losses weighted by w_k0) decides early
 stopping; the weights of the best epoch are the ones kept and exported. Runs are seeded: the same
-seed, data and thread count give the same model.
+seed, data and thread count give the same model. The loop is fed by an `EpochBatches` source:
+the encoded data set in memory (`run_training`) or a Parquet file read chunk by chunk
+(`run_parquet_training`). Under torchrun it runs data-parallel (training/distributed.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +19,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -30,6 +26,7 @@ from tqdm import tqdm
 from service.features import Encoded, FeatureTransform, fit_dense
 from service.modelspec import FeatureSpec
 from training.data import Dataset
+from training.distributed import LogitsModule, distributed_context
 from training.evaluate import gate_utilisation, predict, task_metrics
 from training.losses import epoch_task_weights, masked_task_losses
 from training.models import MultiTaskModel, build_model
@@ -64,27 +61,6 @@ class TrainResult:
     rows: dict[str, int] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
-
-
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; joins the process group on first use."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")  # the trainer's tensors live on the CPU
-    return dist.get_rank(), dist.get_world_size()
-
-
-class _Logits(nn.Module):
-    """model.logits as forward, so DistributedDataParallel's gradient hooks see the training path."""
-
-    def __init__(self, model: MultiTaskModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(sparse_ids, dense)
 
 
 def fit_features(train: Dataset) -> list[FeatureSpec]:
@@ -201,7 +177,7 @@ def fit(
     enc = {"val": encode(transform, val), "test": encode(transform, test)}
     model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
     rank, world = distributed_context()
-    step_model: nn.Module = _Logits(model)
+    step_model: nn.Module = LogitsModule(model)
     if world > 1:
         step_model = DistributedDataParallel(step_model)
         log(f"rank {rank}/{world}: data-parallel, {config.batch_size} rows per process and step")
