@@ -2,20 +2,23 @@
 expert utilisation, the MTL gain, and exports with gate outputs that the service still loads."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from service.features import FeatureTransform
 from service.modelspec import ModelSpec
 from service.registry import load_version
 from service.settings import Settings
 from training import cli
+from training import config as run_config
 from training.config import parse_assignment
-from training.data import synthetic, videolog
+from training.data import videolog
 from training.evaluate import mtl_gain
-from training.models import config_with
-from training.train import TrainConfig, run_training
+from training.models import build_model, config_with
+from training.train import TrainConfig, encode, run_training, validation_loss
 
 QUIET = dict(log=lambda _: None)
 
@@ -49,9 +52,6 @@ def test_early_stopping_stops_after_patience_epochs_and_keeps_the_best(small_log
     result = run_training(small_log, "ple", TrainConfig(epochs=4, lr=3e-3, patience=1), tiny("ple"), **QUIET)
     losses = [h["val_loss"] for h in result.history]
     assert result.best_epoch == int(np.argmin(losses))
-    from training.train import encode, validation_loss
-    from service.features import FeatureTransform
-
     _, val, _ = small_log.split(seed=small_log.seed)
     enc = encode(FeatureTransform(result.features), val)
     assert validation_loss(result.model, enc, val, torch.ones(5)) == pytest.approx(losses[result.best_epoch], rel=1e-5)
@@ -70,9 +70,6 @@ def test_a_task_with_weight_zero_does_not_train_its_tower(small_log):
     config = TrainConfig(epochs=1, loss_w0={"vtr": 0.0})
     result = run_training(small_log, "mmoe", config, tiny("mmoe"), **QUIET)
     torch.manual_seed(0)  # the same initialisation, untrained
-    from training.models import build_model
-    from service.features import FeatureTransform
-
     fresh = build_model("mmoe", small_log.tasks, FeatureTransform(result.features).cardinalities(), 4, tiny("mmoe"))
     for trained, initial in zip(result.model.towers.mlp.weights, fresh.towers.mlp.weights):
         assert torch.equal(trained[1], initial[1])  # vtr's tower
@@ -188,10 +185,6 @@ def test_families_train_on_a_real_data_slice_and_export(data, family, size, tmp_
 
 
 def test_the_example_config_file_holds_valid_hyper_parameters():
-    from pathlib import Path
-
-    from training import config as run_config
-
     cfg = run_config.load(Path(__file__).parents[1] / "examples" / "train-census-ple.toml", [], {})
     assert (cfg["run"]["data"], cfg["run"]["model"]) == ("census", "ple")
     model = config_with("ple", cfg["model"])

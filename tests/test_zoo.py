@@ -1,6 +1,9 @@
 """Every model family: shapes (incl. a batch of one), routes, and PyTorch vs ONNX Runtime parity."""
 
+import dataclasses
+
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -8,7 +11,6 @@ from service.modelspec import TaskSpec
 from training.export import PARITY_ATOL, export_onnx, max_parity_error
 from training.models import FAMILIES, build_model, config_with
 from training.models.adatt import AdaTTConfig, AdaTTLevel
-from training.models.parts import ExtractionLevel
 from training.models.ple import MLMMoEConfig, build_ml_mmoe
 
 TASKS = [
@@ -25,16 +27,11 @@ SIZES = {  # small widths per family, so the parity exports stay fast
 
 
 def make(family, **overrides):
+    """A small seeded model of the family; size fields the family lacks are skipped."""
     torch.manual_seed(0)
-    fields = {**SMALL, **SIZES, **overrides}
-    names = {f for f in fields if f in default_fields(family)}
-    return build_model(family, TASKS, CARDS, N_DENSE, config_with(family, {k: fields[k] for k in names})).eval()
-
-
-def default_fields(family):
-    from dataclasses import fields
-
-    return {f.name for f in fields(FAMILIES[family].config())}
+    own = {f.name for f in dataclasses.fields(FAMILIES[family].config())}
+    wanted = {**SMALL, **SIZES, **overrides}
+    return build_model(family, TASKS, CARDS, N_DENSE, config_with(family, {k: v for k, v in wanted.items() if k in own})).eval()
 
 
 def inputs(batch, seed=0):
@@ -185,8 +182,6 @@ def test_onnx_runtime_agrees_with_pytorch_at_batch_1_and_n(family, tmp_path):
     sparse, dense = (t.numpy() for t in inputs(4))
     path = tmp_path / "model.onnx"
     export_onnx(model, path, (sparse, dense))
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["sparse_ids", "dense"]
     assert [o.name for o in session.get_outputs()] == model.output_names
