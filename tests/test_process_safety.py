@@ -27,6 +27,17 @@ def address(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def read_to_close(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    """The whole reply: the server closes the connection after it (it is shutting down)."""
+    reply = b""
+    while len(reply) < limit:
+        chunk = sock.recv(65536)  # bounded by the socket's timeout
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
 def refuses(url: str) -> bool:
     try:
         httpx.post(f"{url}/v1/rank", content=REQUEST, timeout=2)
@@ -49,7 +60,7 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0(tra
             time.sleep(0.5)
             assert served.proc.poll() is None, "exited with a request in flight"
             sock.sendall(request[-20:])
-            reply = sock.recv(65536)
+            reply = read_to_close(sock)
         assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
         assert b'"items"' in reply
         assert served.proc.wait(timeout=30) == 0
