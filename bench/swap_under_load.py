@@ -5,9 +5,15 @@ newest local model. Concurrent keep-alive clients send 100-candidate requests th
 steady phase, the script adds version 2, 3, ... 101 (copies of the same model, renumbered), and for
 each: load -> activate -> unload the previous one. It prints failed requests, latency percentiles
 in the steady phase and during the swaps, and the server's RSS and open file descriptors before
-and after. Writes bench/results/swap_under_load.json.
+and after. Writes bench/results/swap_under_load.json (or --out).
+
+Paced load: `--rate R` sends R requests/s in total (closed loop without it); `--probe S` first
+measures capacity (closed loop for S seconds) and, unless --rate is given, paces at
+`--load-fraction` (default 0.8) of it. `--swap-every S` waits S seconds between swaps.
 
     python bench/swap_under_load.py [--models models] [--swaps 100] [--steady 10] [--concurrency 4]
+    # the sustained run of issue 9: ~80 % of measured capacity, a swap every 2 s, 100 swaps
+    python bench/swap_under_load.py --probe 10 --swaps 100 --swap-every 2 --out bench/results/swap_under_load_80pct.json
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +32,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, newest_version, percentiles_ms, print_table, served, write_result  # noqa: E402
+from common import ROOT, machine, newest_version, percentiles_ms, print_table, served  # noqa: E402
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -42,8 +49,8 @@ def proc_stats(pid: int) -> dict:
 class Load:
     """Clients in a background thread; every answer is recorded with the phase it fell in."""
 
-    def __init__(self, url: str, concurrency: int):
-        self.url, self.concurrency = url, concurrency
+    def __init__(self, url: str, concurrency: int, rate: float | None = None):
+        self.url, self.concurrency, self.rate = url, concurrency, rate  # rate: requests/s in all, None: flat out
         self.phase = "warmup"
         self.records: list[tuple[str, float, int, int | None]] = []  # phase, seconds, status, version
         self.stop = threading.Event()
@@ -53,8 +60,13 @@ class Load:
         limits = httpx.Limits(max_connections=self.concurrency)
         async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=30) as client:
 
-            async def worker():
+            async def worker(i: int):
+                start, sent = time.perf_counter(), 0
                 while not self.stop.is_set():
+                    if self.rate:  # worker i's k-th request is due at start + (k + i / n) * n / rate
+                        due = start + (sent + i / self.concurrency) * self.concurrency / self.rate
+                        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                        sent += 1
                     phase, t = self.phase, time.perf_counter()
                     try:
                         r = await client.post("/v1/rank", content=BODY, headers={"content-type": "application/json"})
@@ -63,7 +75,22 @@ class Load:
                         status, version = 0, None
                     self.records.append((phase, time.perf_counter() - t, status, version))
 
-            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+            await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
+
+    def throughput(self, phase: str, seconds: float) -> float:
+        return sum(1 for r in self.records if r[0] == phase and r[2] == 200) / seconds
+
+
+def probe_capacity(url: str, concurrency: int, seconds: float) -> float:
+    """Requests/s the server answers with clients sending flat out (closed loop)."""
+    load = Load(url, concurrency)
+    load.thread.start()
+    time.sleep(1.0)  # connections open, caches warm
+    load.phase = "probe"
+    time.sleep(seconds)
+    load.stop.set()
+    load.thread.join(timeout=60)
+    return load.throughput("probe", seconds)
 
 
 def add_version(repo: Path, source: Path, version: int) -> None:
@@ -83,6 +110,12 @@ def main() -> None:
     p.add_argument("--swaps", type=int, default=100)
     p.add_argument("--steady", type=float, default=10.0, help="seconds of steady load before the swaps")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--rate", type=float, help="requests/s in total (default: flat out, or --load-fraction of --probe)")
+    p.add_argument("--probe", type=float, default=0.0, help="seconds of a flat-out capacity probe first (0: none)")
+    p.add_argument("--load-fraction", type=float, default=0.8,
+                   help="with --probe and no --rate: rate = this x capacity")
+    p.add_argument("--swap-every", type=float, default=0.0, help="seconds between swaps (0: back to back)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "swap_under_load.json")
     args = p.parse_args()
     source = newest_version(args.models, args.name)
 
@@ -92,15 +125,20 @@ def main() -> None:
         add_version(repo, source, 1)
         env = {"RANKER_ADMIN_TOKEN": TOKEN, "RANKER_WATCH": "explicit", "RANKER_FEATURES_DIR": ""}
         with served(repo, env) as (url, proc), httpx.Client(base_url=url, headers=AUTH, timeout=60) as admin:
-            load = Load(url, args.concurrency)
+            capacity = probe_capacity(url, args.concurrency, args.probe) if args.probe > 0 else None
+            rate = args.rate or (capacity * args.load_fraction if capacity else None)
+            load_average_before = os.getloadavg()
+            load = Load(url, args.concurrency, rate)
             load.thread.start()
             time.sleep(3)
             before = proc_stats(proc.pid)
             load.phase = "steady"
             time.sleep(args.steady)
             load.phase = "swapping"
-            swap_seconds, rss_trend = [], []
+            swap_seconds, rss_trend, fds_trend = [], [], []
+            swapping_started = time.perf_counter()
             for version in range(2, args.swaps + 2):
+                next_swap = time.perf_counter() + args.swap_every
                 add_version(repo, source, version)
                 t = time.perf_counter()
                 for step in (admin.post(f"/v1/admin/models/ple/versions/{version}/load"),
@@ -110,10 +148,15 @@ def main() -> None:
                 swap_seconds.append(time.perf_counter() - t)
                 shutil.rmtree(repo / "ple" / str(version - 1))
                 if (version - 1) % 10 == 0:
-                    rss_trend.append(round(proc_stats(proc.pid)["rss_mb"], 1))
+                    stats = proc_stats(proc.pid)
+                    rss_trend.append(round(stats["rss_mb"], 1))
+                    fds_trend.append(stats["open_fds"])
+                time.sleep(max(0.0, next_swap - time.perf_counter()))
+            swapping_seconds = time.perf_counter() - swapping_started
             load.phase = "after"
             time.sleep(3)
             after = proc_stats(proc.pid)
+            load_average_after = os.getloadavg()
             load.stop.set()
             load.thread.join(timeout=60)
 
@@ -123,7 +166,12 @@ def main() -> None:
         summary[phase] = {**percentiles_ms([r[1] for r in rows]),
                           "failed": sum(1 for r in rows if r[2] != 200),
                           "versions_seen": len({r[3] for r in rows})}  # fmt: skip
-    result = {"swaps": args.swaps, "concurrency": args.concurrency, "model": str(source),
+    result = {"machine": machine(), "swaps": args.swaps, "concurrency": args.concurrency, "model": str(source),
+              "capacity_rps": capacity, "target_rps": rate, "swap_every_s": args.swap_every,
+              "achieved_rps_swapping": load.throughput("swapping", swapping_seconds),
+              "swapping_seconds": swapping_seconds,
+              "load_average_before": load_average_before, "load_average_after": load_average_after,
+              "open_fds_every_10_swaps": fds_trend,
               "swap_call_ms": percentiles_ms(swap_seconds), "phases": summary,
               "server_before": before, "server_after": after,
               "rss_growth_mb": after["rss_mb"] - before["rss_mb"], "rss_every_10_swaps_mb": rss_trend}  # fmt: skip
@@ -134,8 +182,17 @@ def main() -> None:
           f"p99 {result['swap_call_ms']['p99_ms']:.1f} ms")  # fmt: skip
     print(f"server RSS {before['rss_mb']:.1f} -> {after['rss_mb']:.1f} MB "
           f"({result['rss_growth_mb']:+.1f}), open fds {before['open_fds']} -> {after['open_fds']}")  # fmt: skip
-    print(f"RSS every 10 swaps (MB): {rss_trend}")
-    print(f"wrote {write_result('swap_under_load', result)}")
+    print(f"RSS every 10 swaps (MB): {rss_trend}; open fds: {fds_trend}")
+    if capacity:
+        print(f"capacity {capacity:.1f} req/s (flat out, {args.concurrency} clients)", end="; ")
+    print(f"target {rate or 0:.1f} req/s, achieved {result['achieved_rps_swapping']:.1f} req/s while swapping "
+          f"for {swapping_seconds:.0f} s; load average {load_average_before[0]:.2f} -> {load_average_after[0]:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    failed = sum(s["failed"] for s in summary.values())
+    if failed:
+        raise SystemExit(f"{failed} failed requests")
 
 
 if __name__ == "__main__":

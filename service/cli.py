@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
+from service import logsafe
 from service.app import create_app
 from service.settings import Settings
 
@@ -29,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
     except ValidationError as exc:
         p.error(str(exc))
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One worker per process: metrics and the model registry live in this process.
+    logsafe.configure(settings.log_level)
+    # One worker per process: metrics and the model registry live in this process. log_config=None:
+    # uvicorn's records go through the same escaping formatter as ours (no log injection).
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, access_log=False)  # fmt: skip
+                            log_level=settings.log_level, access_log=False, log_config=None)  # fmt: skip
     _Server(config).run()
     return 0
 

@@ -39,6 +39,10 @@ class Metrics:
         self.model_loads = Counter("ranker_model_loads_total", "model version loads", ["model", "result"], registry=r)
         self.model_load_seconds = Histogram("ranker_model_load_duration_seconds", "load + check + warm-up time",
                                             ["model"], buckets=LOAD_BUCKETS, registry=r)  # fmt: skip
+        # The watcher's view of the repository: "unreadable" (each failed scan), "version_vanished"
+        # (a loaded version's folder deleted; it keeps serving from memory).
+        self.repository_events = Counter("ranker_repository_events_total",
+                                         "model repository problems seen by the watcher", ["event"], registry=r)
         self.model_swaps = Counter("ranker_model_swaps_total", "changes of the serving version or split",
                                    ["model"], registry=r)  # fmt: skip
         self.traffic_share = Gauge("ranker_model_traffic_share", "share of users routed to a version",

@@ -175,6 +175,7 @@ class Registry:
         self._entries: dict[str, dict[int, VersionEntry]] = defaultdict(dict)
         self._routing: dict[str, Routing] = {}
         self._seen: dict[str, set[int]] = defaultdict(set)  # folders the watcher has handled
+        self._vanished: set[tuple[str, int]] = set()  # loaded versions whose folder is gone (reported once)
         self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -220,6 +221,7 @@ class Registry:
             return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
         except OSError as exc:
             log.error("models directory %s unreadable: %s", self.root, exc)
+            self.metrics.repository_events.labels("unreadable").inc()
             return []
 
     def versions_on_disk(self, name: str) -> list[int]:
@@ -441,6 +443,20 @@ class Registry:
 
     # ---- the watcher ----
 
+    def _note_vanished(self) -> None:
+        """A loaded version whose folder was deleted keeps serving from memory: log and count it once."""
+        if not self.root.is_dir():
+            return  # the whole repository is unreadable: model_names() reports that
+        for name, entries in list(self._entries.items()):
+            for version, entry in list(entries.items()):
+                key, present = (name, version), (self.root / name / str(version)).is_dir()
+                if entry.handle is not None and not present and key not in self._vanished:
+                    self._vanished.add(key)
+                    self.metrics.repository_events.labels("version_vanished").inc()
+                    log.warning("model %s/%s: its folder was deleted; the loaded copy keeps serving", name, version)
+                elif present:
+                    self._vanished.discard(key)
+
     def _watch(self) -> None:
         while not self._stop.wait(self.settings.watch_interval_s):
             try:
@@ -450,6 +466,7 @@ class Registry:
 
     def poll(self) -> None:
         """Load version folders that appeared (or failed and changed since); in `auto`, route to a newer one."""
+        self._note_vanished()
         for name in self.model_names():
             for version in self.versions_on_disk(name):
                 entry = self._entries.get(name, {}).get(version)

@@ -120,6 +120,12 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+def error_responses(*codes: int) -> dict:
+    """OpenAPI entries for the error statuses a route answers, each in the one error shape
+    (400: a body that is not JSON at all; 413/408: the body limits of service.limits)."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
 # ---- admin ----
 
 

@@ -171,15 +171,30 @@ def live_server(app):
 BIN = Path(sys.executable).parent
 
 
+@dataclass
+class Served:
+    url: str
+    proc: subprocess.Popen
+
+
 @contextlib.contextmanager
 def serve_process(models: Path, env: dict | None = None, timeout: float = 60):
     """Run `ranker-serve --models DIR` on a free port until the block ends; yields its URL."""
+    with served_process(models, env, timeout) as served:
+        yield served.url
+
+
+@contextlib.contextmanager
+def served_process(models: Path, env: dict | None = None, timeout: float = 60, log_path: Path | None = None):
+    """As serve_process, yielding the process too; its log goes to `log_path` when given. A test
+    may stop the process itself; it must still have exited 0."""
     import httpx
 
     port = free_port()
     full_env = {**os.environ, "RANKER_FEATURES_DIR": "", **(env or {})}
+    log_file = open(log_path, "w") if log_path else subprocess.PIPE  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([BIN / "ranker-serve", "--models", str(models), "--port", str(port)], env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stdout=log_file, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -190,11 +205,12 @@ def serve_process(models: Path, env: dict | None = None, timeout: float = 60):
             except httpx.TransportError:
                 pass
             if proc.poll() is not None:
-                raise RuntimeError(f"ranker-serve exited: {proc.stdout.read()}")
+                output = proc.stdout.read() if proc.stdout else Path(log_path).read_text()
+                raise RuntimeError(f"ranker-serve exited: {output}")
             if time.monotonic() > deadline:
                 raise RuntimeError("ranker-serve did not become ready")
             time.sleep(0.1)
-        yield url
+        yield Served(url, proc)
     finally:
         proc.terminate()
         try:
@@ -202,6 +218,9 @@ def serve_process(models: Path, env: dict | None = None, timeout: float = 60):
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+        finally:
+            if log_path:
+                log_file.close()
         assert code == 0, f"ranker-serve exited {code} on SIGTERM"
 
 

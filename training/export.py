@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ PARITY_ATOL = 1e-5
 
 
 def export_onnx(model: torch.nn.Module, path: Path, example: tuple[np.ndarray, np.ndarray]) -> None:
-    """ONNX with a dynamic batch axis; one named output per task."""
+    """ONNX with a dynamic batch axis; one named output per task (then gate weights, if asked)."""
     model.eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     args = tuple(torch.from_numpy(a) for a in example)
@@ -52,7 +53,7 @@ def _export(model, path, args, batch) -> None:
         args,
         str(path),
         input_names=[SPARSE_INPUT, DENSE_INPUT],
-        output_names=[t.output for t in model.tasks],
+        output_names=model.output_names,
         dynamic_shapes=({0: batch}, {0: batch}),
         opset_version=OPSET,
         dynamo=True,
@@ -70,6 +71,28 @@ def max_parity_error(model: torch.nn.Module, onnx_path: Path, sparse: np.ndarray
     with torch.no_grad():
         torch_out = model(torch.from_numpy(sparse), torch.from_numpy(dense))
     return max(float(np.max(np.abs(a - b.numpy()))) for a, b in zip(ort_out, torch_out))
+
+
+def model_metrics(result: TrainResult, parity: float) -> dict[str, dict[str, float]]:
+    """model.json's metrics: per split and task, expert utilisation per gate, extras, training."""
+    return {
+        **{f"{split}.{task}": m for split, tasks in result.metrics.items() for task, m in tasks.items()},
+        **result.gates,
+        **result.extra_metrics,
+        "training": {"seconds": result.seconds, "samples_per_second": result.samples_per_second,
+                     "epochs": float(len(result.history)), "best_epoch": float(result.best_epoch),
+                     "world_size": float(result.world_size),
+                     "parity_max_abs_error": parity},
+    }  # fmt: skip
+
+
+def output_specs(model) -> list[TensorSpec]:
+    """One (B,) output per task, then (B, G, E) gate weights per gated level when exported."""
+    specs = [TensorSpec(name=t.output, dtype="float32", shape=[-1]) for t in model.tasks]
+    if model.config.gate_outputs:
+        specs += [TensorSpec(name=f"gates_{j}", dtype="float32", shape=[-1, g, e])
+                  for j, (g, e) in enumerate(model.gate_shapes())]  # fmt: skip
+    return specs
 
 
 def git_commit() -> str:
@@ -110,26 +133,25 @@ def write_version(result: TrainResult, out: Path, name: str) -> Path:
                 tasks=data.tasks,
                 features=result.features,
                 inputs=transform.input_specs(),
-                outputs=[TensorSpec(name=t.output, dtype="float32", shape=[-1]) for t in data.tasks],
+                outputs=output_specs(model),
                 scoring=ScoringDefaults(weights=data.default_weights),
                 training_data=DataSpec(
                     source=data.name,
                     description=data.description,
                     sha256=data.sha256(),
-                    rows={"total": len(data)},
+                    rows={"total": data.source_rows or len(data), **result.rows},
                     seed=data.seed,
                 ),
-                metrics={
-                    **{f"{split}.{task}": m for split, tasks in result.metrics.items() for task, m in tasks.items()},
-                    "training": {"seconds": result.seconds, "samples_per_second": result.samples_per_second,
-                                 "parity_max_abs_error": parity},
-                },  # fmt: skip
+                metrics=model_metrics(result, parity),
                 git_commit=git_commit(),
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 onnx_sha256=sha256_file(onnx_path),
                 opset=OPSET,
             )
             (staging / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
+            metrics_json = {**spec.metrics, "history": result.history, "family": model.family,
+                            "hyperparameters": spec.hyperparameters, "data": spec.training_data.model_dump()}  # fmt: skip
+            (staging / "metrics.json").write_text(json.dumps(metrics_json, indent=2) + "\n")
             os.chmod(staging, 0o755)
             try:
                 # rename() of a directory fails if the target exists and is not empty; an empty

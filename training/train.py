@@ -1,18 +1,33 @@
-"""Training loop: encode with the service's feature transform, masked multi-task loss, evaluate."""
+"""Training loop: encode with the service's feature transform, masked multi-task loss, evaluate.
+
+Per epoch t every task's loss is weighted by w_k(t) = w_k0 * gamma_k^t (the PLE paper's Sec. 5.3).
+After each epoch the validation loss (the masked task losses weighted by w_k0) decides early
+stopping; the weights of the best epoch are the ones kept and exported. Runs are seeded: the same
+seed, data and thread count give the same model. The loop is fed by an `EpochBatches` source:
+the encoded data set in memory (`run_training`) or a Parquet file read chunk by chunk
+(`run_parquet_training`). Under torchrun it runs data-parallel (training/distributed.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from service.features import Encoded, FeatureTransform, fit_dense
 from service.modelspec import FeatureSpec
 from training.data import Dataset
-from training.evaluate import predict, task_metrics
+from training.distributed import LogitsModule, distributed_context
+from training.evaluate import gate_utilisation, predict, task_metrics
 from training.losses import epoch_task_weights, masked_task_losses
 from training.models import MultiTaskModel, build_model
 
@@ -22,8 +37,11 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 1024
     lr: float = 3e-3
+    weight_decay: float = 0.0
     seed: int = 0
-    split_seed: int = 0
+    split_seed: int | None = None  # None: the data set's own seed (its documented split), else 0
+    patience: int = 0  # stop after this many epochs without a better validation loss; 0 = never
+    progress: bool | None = None  # a tqdm bar per epoch; None = only on a terminal
     loss_w0: dict[str, float] = field(default_factory=dict)  # w_k0 per task (default 1)
     loss_gamma: dict[str, float] = field(default_factory=dict)  # gamma_k per task (default 1)
 
@@ -37,6 +55,12 @@ class TrainResult:
     history: list[dict[str, float]]
     seconds: float
     samples_per_second: float
+    gates: dict[str, dict[str, float]] = field(default_factory=dict)  # expert utilisation per gate
+    extra_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. the MTL gain
+    best_epoch: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
 
 
 def fit_features(train: Dataset) -> list[FeatureSpec]:
@@ -47,6 +71,43 @@ def encode(transform: FeatureTransform, data: Dataset) -> Encoded:
     return transform.encode(len(data), per_row=data.columns)
 
 
+@torch.no_grad()
+def validation_loss(model: MultiTaskModel, enc: Encoded, data: Dataset, w0: torch.Tensor, batch: int = 8192) -> float:
+    """The w_k0-weighted masked loss over a whole split (per task: mean over its sample space)."""
+    model.eval()
+    sums, counts = torch.zeros(len(data.tasks)), torch.zeros(len(data.tasks))
+    for i in range(0, len(data), batch):
+        sl = slice(i, i + batch)
+        masks = torch.from_numpy(data.masks[sl])
+        per_task = masked_task_losses(
+            model.logits(torch.from_numpy(enc.sparse_ids[sl]), torch.from_numpy(enc.dense[sl])),
+            torch.from_numpy(data.labels[sl]), masks, data.tasks,
+        )  # fmt: skip
+        n = masks.sum(0).float()
+        sums += per_task * n
+        counts += n
+    return float((w0 * sums / counts.clamp(min=1.0)).sum())
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # sparse (b, S), dense (b, D), labels, masks (b, K)
+EpochBatches = Callable[[int, torch.Generator], Iterator[Batch]]  # (epoch, generator) -> this process's batches
+
+
+def in_memory_batches(enc: Encoded, data: Dataset, batch_size: int, rank: int = 0, world: int = 1) -> EpochBatches:
+    """A fresh seeded permutation per epoch; under torchrun each process takes its share of a step."""
+    sparse, dense = torch.from_numpy(enc.sparse_ids), torch.from_numpy(enc.dense)
+    labels, masks = torch.from_numpy(data.labels), torch.from_numpy(data.masks)
+
+    def batches(epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+        order = torch.randperm(len(data), generator=generator)
+        global_batch = batch_size * world
+        for i in range(0, len(order) - world + 1, global_batch):  # every process gets >= 1 row per step
+            idx = torch.tensor_split(order[i : i + global_batch], world)[rank]
+            yield sparse[idx], dense[idx], labels[idx], masks[idx]
+
+    return batches
+
+
 def run_training(
     dataset: Dataset,
     family: str,
@@ -54,49 +115,120 @@ def run_training(
     model_config=None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
+    """Split, fit the dense statistics on the training split, encode, train, evaluate."""
     torch.manual_seed(config.seed)
-    train, val, test = dataset.split(seed=config.split_seed)
+    split_seed = config.split_seed if config.split_seed is not None else (dataset.seed or 0)
+    train, val, test = dataset.split(seed=split_seed)
     features = fit_features(train)
     transform = FeatureTransform(features)
-    enc = {name: encode(transform, part) for name, part in (("train", train), ("val", val), ("test", test))}
-    model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
-    log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{len(train)} train / {len(val)} validation / {len(test)} test rows")  # fmt: skip
+    enc_train = encode(transform, train)
+    rank, world = distributed_context()
+    log(f"{family}: {len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")
+    return fit(dataset, family, features, in_memory_batches(enc_train, train, config.batch_size, rank, world),
+               val, test, len(train), config, model_config, log)  # fmt: skip
 
-    sparse = torch.from_numpy(enc["train"].sparse_ids)
-    dense = torch.from_numpy(enc["train"].dense)
-    labels = torch.from_numpy(train.labels)
-    masks = torch.from_numpy(train.masks)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+def run_parquet_training(
+    path,
+    family: str,
+    config: TrainConfig = TrainConfig(),
+    model_config=None,
+    log: Callable[[str], None] = print,
+    chunk_rows: int = 65_536,
+    max_eval_rows: int = 200_000,
+) -> TrainResult:
+    """Train from a Parquet file in the layout of training/data/stream.py, one chunk in memory at a time."""
+    from training.data.stream import ParquetStream
+
+    split_seed = config.split_seed if config.split_seed is not None else 0
+    stream = ParquetStream(path, chunk_rows, split_seed, max_eval_rows)
+    features, val, test, n_train = stream.prepare()
+    transform = FeatureTransform(features)
+    rank, world = distributed_context()
+    log(f"{family}: streaming {stream.n_rows} rows from {path} in chunks of {chunk_rows}: {n_train} train / "
+        f"{len(val)} validation / {len(test)} test rows held out (split seed {split_seed})")  # fmt: skip
+
+    def batches(epoch: int, generator: torch.Generator) -> Iterator[Batch]:
+        for split, chunk in stream.chunks():
+            train = chunk.subset(np.flatnonzero(split == 0))
+            if len(train) >= world:
+                yield from in_memory_batches(encode(transform, train), train, config.batch_size, rank, world)(epoch, generator)
+
+    descriptor = dataclasses.replace(val, description=f"{val.description} (streamed from {Path(path).name})",
+                                     fingerprint=stream.sha256(), source_rows=stream.n_rows)  # fmt: skip
+    return fit(descriptor, family, features, batches, val, test, n_train, config, model_config, log)
+
+
+def fit(
+    dataset: Dataset,
+    family: str,
+    features: list[FeatureSpec],
+    epoch_batches: EpochBatches,
+    val: Dataset,
+    test: Dataset,
+    n_train: int,
+    config: TrainConfig,
+    model_config=None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """The training loop proper, whatever feeds it (memory or a Parquet stream)."""
+    torch.manual_seed(config.seed)
+    transform = FeatureTransform(features)
+    enc = {"val": encode(transform, val), "test": encode(transform, test)}
+    model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
+    rank, world = distributed_context()
+    step_model: nn.Module = LogitsModule(model)
+    if world > 1:
+        step_model = DistributedDataParallel(step_model)
+        log(f"rank {rank}/{world}: data-parallel, {config.batch_size} rows per process and step")
+    log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters")
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    history = []
+    w0 = epoch_task_weights(dataset.tasks, 0, config.loss_w0, {})
+    history: list[dict[str, float]] = []
+    best = (float("inf"), -1, None)  # validation loss, epoch, weights
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
         weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma)
-        order = torch.randperm(len(train), generator=generator)
         total, steps = torch.zeros(len(dataset.tasks)), 0
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i : i + config.batch_size]
-            per_task = masked_task_losses(model.logits(sparse[idx], dense[idx]), labels[idx], masks[idx], dataset.tasks)
+        bar = tqdm(epoch_batches(epoch, generator), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                   file=sys.stderr, leave=False,
+                   disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
+        for sparse, dense, labels, masks in bar:
+            per_task = masked_task_losses(step_model(sparse, dense), labels, masks, dataset.tasks)
             loss = (weights * per_task).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += per_task.detach()
             steps += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        steps = max(steps, 1)
+        val_loss = validation_loss(model, enc["val"], val, w0)
         val_metrics = task_metrics(predict(model, enc["val"].sparse_ids, enc["val"].dense), val.labels, val.masks, dataset.tasks)
-        entry = {"epoch": epoch, **{f"loss_{t.name}": float(total[k] / steps) for k, t in enumerate(dataset.tasks)}}
-        history.append(entry)
+        history.append({"epoch": epoch, "val_loss": val_loss,
+                        **{f"w_{t.name}": float(weights[k]) for k, t in enumerate(dataset.tasks)},
+                        **{f"loss_{t.name}": float(total[k] / steps) for k, t in enumerate(dataset.tasks)},
+                        **{f"val_{t}_{m}": v for t, ms in val_metrics.items() for m, v in ms.items() if m in ("auc", "mse")}})  # fmt: skip
         summary = " ".join(f"{t}:{m.get('auc', m.get('mse', float('nan'))):.4f}" for t, m in val_metrics.items())
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {float((weights * total).sum() / steps):.4f}  val {summary}")
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {float((weights * total).sum() / steps):.4f}  "
+            f"val loss {val_loss:.4f}  val {summary}")  # fmt: skip
+        if val_loss < best[0]:
+            best = (val_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        elif config.patience and epoch - best[1] >= config.patience:
+            log(f"early stop: no better validation loss for {config.patience} epoch(s); keeping epoch {best[1] + 1}")
+            break
     seconds = time.perf_counter() - start
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    model.eval()
 
     metrics = {
         split: task_metrics(predict(model, enc[key].sparse_ids, enc[key].dense), part.labels, part.masks, dataset.tasks)
         for split, key, part in (("validation", "val", val), ("test", "test", test))
     }
-    model.eval()
     return TrainResult(
         model=model,
         features=features,
@@ -104,7 +236,12 @@ def run_training(
         metrics=metrics,
         history=history,
         seconds=seconds,
-        samples_per_second=config.epochs * len(train) / max(seconds, 1e-9),
+        samples_per_second=len(history) * n_train / max(seconds, 1e-9),
+        gates=gate_utilisation(model, enc["val"].sparse_ids, enc["val"].dense),
+        best_epoch=best[1],
+        rows={"train": n_train, "validation": len(val), "test": len(test)},
+        rank=rank,
+        world_size=world,
     )
 
 

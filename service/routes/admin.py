@@ -9,7 +9,7 @@ from service.control import RoutingState
 from service.deps import RegistryDep, SettingsDep
 from service.errors import ApiError
 from service.registry import NAME_PATTERN
-from service.schemas import ActivateRequest, ErrorResponse, RoutingResponse, SplitRequest
+from service.schemas import ActivateRequest, RoutingResponse, SplitRequest, error_responses
 
 
 def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
@@ -22,7 +22,7 @@ def require_admin(settings: SettingsDep, authorization: Annotated[str | None, He
         raise ApiError(401, "unauthorized", "admin endpoints need 'Authorization: Bearer <RANKER_ADMIN_TOKEN>'")
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
+ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 422, 503)
 router = APIRouter(prefix="/v1/admin/models", tags=["admin"], dependencies=[Depends(require_admin)], responses=ERRORS)
 Name = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[int, Path(ge=1)]

@@ -2,6 +2,7 @@ from fastapi import APIRouter
 
 from service.deps import RegistryDep
 from service.errors import ApiError
+from service.schemas import error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -11,7 +12,7 @@ def live() -> dict:
     return {"status": "live"}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses=error_responses(503))
 def ready(registry: RegistryDep) -> dict:
     if not registry.ready():
         raise ApiError(503, "not_ready", "no model version is loaded and warmed up")

@@ -5,8 +5,9 @@ from fastapi import APIRouter, Path
 from service.deps import RegistryDep
 from service.errors import ApiError
 from service.registry import NAME_PATTERN
+from service.schemas import error_responses
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], responses=error_responses(404, 422))
 
 
 @router.get("/v1/models")

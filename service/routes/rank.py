@@ -1,12 +1,15 @@
+import logging
+
 from fastapi import APIRouter
 
 from service.deps import RankerDep
 from service.responses import JSONBytes
-from service.schemas import ErrorResponse, RankRequest, RankResponse
+from service.schemas import RankRequest, RankResponse, error_responses
 
 router = APIRouter(tags=["ranking"])
+log = logging.getLogger("ranker")
 
-ERRORS = {code: {"model": ErrorResponse} for code in (404, 413, 422, 503)}
+ERRORS = error_responses(400, 404, 408, 409, 413, 422, 503)
 
 
 @router.post("/v1/rank", response_model=RankResponse, response_class=JSONBytes, responses=ERRORS)
@@ -14,6 +17,9 @@ def rank(body: RankRequest, ranker: RankerDep) -> JSONBytes:
     """Score every candidate in one inference call and return them best first."""
     # A plain def: FastAPI runs it in the threadpool, so inference never blocks the event loop.
     stages: dict[str, float] = {}
+    # Client-chosen ids in a log line: service.logsafe escapes their control characters.
+    log.debug("rank request_id=%s user=%s candidates=%d first=%s", body.request_id, body.user.id,
+              len(body.candidates), body.candidates[0].id)  # fmt: skip
     result = ranker.rank(body, stages)
     timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items())
     return JSONBytes(result, headers={"Server-Timing": timing})

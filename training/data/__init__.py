@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from service.modelspec import FeatureSpec, TaskSpec
+
+DATA_DIR_ENV = "RANKER_DATA_DIR"
+
+
+def data_root(override: str | Path | None = None) -> Path:
+    """Where the shared data sets live: the flag, else $RANKER_DATA_DIR, else <repo>/../shared/data."""
+    if override:
+        return Path(override)
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @dataclass
@@ -31,37 +45,49 @@ class Dataset:
     seed: int | None = None
     default_weights: dict[str, float] = field(default_factory=dict)
     video_len_column: str | None = None
+    split_fractions: tuple[float, float] = (0.8, 0.1)  # train, validation; the rest is test
+    stratify: bool = False  # split each combination of the binary labels separately
+    # For data that is not all in memory (a streamed Parquet file): the source's sha256 and rows.
+    fingerprint: str | None = None
+    source_rows: int | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: np.ndarray) -> "Dataset":
-        return Dataset(
-            name=self.name,
-            description=self.description,
-            features=self.features,
-            tasks=self.tasks,
+        return dataclasses.replace(
+            self,
             columns={k: v[index] for k, v in self.columns.items()},
             labels=self.labels[index],
             masks=self.masks[index],
-            seed=self.seed,
-            default_weights=self.default_weights,
-            video_len_column=self.video_len_column,
         )
 
-    def split(self, fractions: tuple[float, float] = (0.8, 0.1), seed: int = 0):
-        """Random train / validation / test split (the rest after the two fractions is test)."""
-        order = np.random.default_rng(seed).permutation(len(self))
-        n_train = int(fractions[0] * len(self))
-        n_val = int(fractions[1] * len(self))
-        return (
-            self.subset(order[:n_train]),
-            self.subset(order[n_train : n_train + n_val]),
-            self.subset(order[n_train + n_val :]),
-        )
+    def split(self, fractions: tuple[float, float] | None = None, seed: int = 0):
+        """Seeded train / validation / test split (the rest after the two fractions is test).
+
+        With `stratify`, every combination of the binary labels is split in the same proportions,
+        so rare positives are spread evenly over the three parts.
+        """
+        fractions = fractions or self.split_fractions
+        rng = np.random.default_rng(seed)
+        groups = [np.arange(len(self))]
+        if self.stratify:
+            binary = [k for k, t in enumerate(self.tasks) if t.kind == "binary"]
+            code = ((self.labels[:, binary] > 0.5) & self.masks[:, binary]) @ (1 << np.arange(len(binary)))
+            groups = [np.flatnonzero(code == c) for c in np.unique(code)]
+        parts: list[list[np.ndarray]] = [[], [], []]
+        for group in groups:
+            order = rng.permutation(group)
+            n_train = int(round(fractions[0] * len(order)))
+            n_val = int(round(fractions[1] * len(order)))
+            for part, index in zip(parts, np.split(order, [n_train, n_train + n_val])):
+                part.append(index)
+        return tuple(self.subset(rng.permutation(np.concatenate(p))) for p in parts)
 
     def sha256(self) -> str:
         """Fingerprint of the rows (features, labels, masks) for model.json."""
+        if self.fingerprint:
+            return self.fingerprint
         digest = hashlib.sha256()
         for name in sorted(self.columns):
             digest.update(name.encode())

@@ -69,6 +69,11 @@ class VideoLogConfig:
     n_videos: int = 3000
     n_impressions: int = 200_000
     seed: int = 7
+    # How strongly the tasks' unobserved per-impression engagement agrees, in [0, 1]: each task's
+    # logit gets noise_scale * (sqrt(rho) * shared + sqrt(1 - rho) * own), so rho is the
+    # correlation of that noise between any two tasks (0: independent, 1: one common factor).
+    task_correlation: float = 0.5
+    noise_scale: float = 1.0
 
 
 @dataclass
@@ -133,15 +138,23 @@ def simulate(config: VideoLogConfig = VideoLogConfig()) -> VideoLog:
     log_len = np.log(length[v])
     evening = ((hour >= 18) | (hour <= 1)).astype(float)
 
-    p_click = _sigmoid(-1.6 + 0.8 * affinity + 0.6 * quality[v] - 0.15 * (log_len - 3.4) ** 2
+    rho = config.task_correlation
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError("task_correlation must lie in [0, 1]")
+    common = rng.standard_normal(n_i)
+
+    def engagement() -> np.ndarray:  # (N,) this task's share of the correlated latent noise
+        return config.noise_scale * (np.sqrt(rho) * common + np.sqrt(1.0 - rho) * rng.standard_normal(n_i))
+
+    p_click = _sigmoid(engagement() - 1.6 + 0.8 * affinity + 0.6 * quality[v] - 0.15 * (log_len - 3.4) ** 2
                        + 0.2 * evening - 0.2 * (network == 1))  # fmt: skip
     click = rng.random(n_i) < p_click
-    completion_logit = (1.2 + 0.5 * affinity + 0.5 * quality[v] + patience[u] - 0.9 * (log_len - 3.0)
+    completion_logit = (engagement() + 1.2 + 0.5 * affinity + 0.5 * quality[v] + patience[u] - 0.9 * (log_len - 3.0)
                         + rng.normal(0, 0.6, n_i))  # fmt: skip
     vcr = _sigmoid(completion_logit)
     long_view = rng.random(n_i) < _sigmoid(4.0 * (vcr - 0.7) + 0.3 * affinity)
-    share = rng.random(n_i) < _sigmoid(-4.2 + 0.9 * affinity + 0.8 * quality[v] + 1.0 * (vcr - 0.5))
-    comment = rng.random(n_i) < _sigmoid(-3.8 + 0.6 * quality[v] + 0.4 * affinity + 0.3 * author[v])
+    share = rng.random(n_i) < _sigmoid(engagement() - 4.2 + 0.9 * affinity + 0.8 * quality[v] + 1.0 * (vcr - 0.5))
+    comment = rng.random(n_i) < _sigmoid(engagement() - 3.8 + 0.6 * quality[v] + 0.4 * affinity + 0.3 * author[v])
 
     impressions = pd.DataFrame(
         {
@@ -192,7 +205,8 @@ def to_dataset(log: VideoLog) -> Dataset:
         name="videolog",
         description=(
             f"simulated short-video log: {cfg.n_users} users, {cfg.n_videos} videos, "
-            f"{cfg.n_impressions} impressions (training.data.videolog, seed {cfg.seed})"
+            f"{cfg.n_impressions} impressions, task correlation {cfg.task_correlation} "
+            f"(training.data.videolog, seed {cfg.seed})"
         ),
         features=FEATURES,
         tasks=TASKS,

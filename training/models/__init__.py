@@ -1,31 +1,63 @@
 """Multi-task ranking models: embedding -> family-specific body -> per-task towers.
 
+Every family's body has one contract: (C, B, d) embedded input -> (K or 1, B, h) tower inputs
+and a list of gate weights (G, B, E) per gated level (empty for ungated families).
 The exported module takes the feature transform's two inputs and returns one tensor per task:
-binary tasks as probabilities, regressions in [0, 1] through a sigmoid, others as raw values.
+binary tasks as probabilities, regressions in [0, 1] through a sigmoid, others as raw values;
+with `gate_outputs`, each gated level's weights follow as (B, G, E) tensors named `gates_<j>`.
 The loss lives in training/losses.py, so the exported graph has none.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Sequence
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from service.modelspec import TaskSpec
+from training.models import adatt, moe, ple, sharing, stitch
 from training.models.parts import FeatureEmbedding, Towers
-from training.models.ple import PLEConfig, build_ple_body
+from training.models.ple import PLEConfig
 
-FAMILIES = {"ple": PLEConfig, "cgc": PLEConfig}
+
+class Family(NamedTuple):
+    config: Callable[[], Any]  # the default config
+    build: Callable[[int, int, Any], nn.Module]  # (d_in, n_tasks, config) -> body
+
+
+FAMILIES: dict[str, Family] = {
+    "ple": Family(PLEConfig, ple.build_ple),
+    "cgc": Family(lambda: PLEConfig(n_levels=1), ple.build_ple),
+    "ml-mmoe": Family(ple.MLMMoEConfig, ple.build_ml_mmoe),
+    "mmoe": Family(moe.MoEConfig, moe.build_mmoe),
+    "omoe": Family(moe.MoEConfig, moe.build_omoe),
+    "shared-bottom": Family(sharing.BottomConfig, sharing.build_shared_bottom),
+    "single-task": Family(sharing.BottomConfig, sharing.build_single_task),
+    "customized": Family(sharing.CustomizedConfig, sharing.build_customized),
+    "asymmetric": Family(sharing.BottomConfig, sharing.build_asymmetric),
+    "cross-stitch": Family(stitch.CrossStitchConfig, stitch.build_cross_stitch),
+    "sluice": Family(stitch.SluiceConfig, stitch.build_sluice),
+    "adatt": Family(adatt.AdaTTConfig, adatt.build_adatt),
+    "adatt-sp": Family(lambda: adatt.AdaTTConfig(n_shared_experts=2), adatt.build_adatt),
+}
 
 
 def default_config(family: str):
-    if family == "cgc":
-        return PLEConfig(n_levels=1)
-    if family in FAMILIES:
-        return FAMILIES[family]()
-    raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[family].config()
+
+
+def config_with(family: str, overrides: Mapping[str, Any], base=None):
+    """The family's config with fields replaced (lists become tuples); unknown fields are an error."""
+    config = base or default_config(family)
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"{family} has no hyper-parameter(s) {sorted(unknown)}; it has {sorted(names)}")
+    return dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 def squashes(task: TaskSpec) -> bool:
@@ -46,27 +78,56 @@ class MultiTaskModel(nn.Module):
         self.family = family
         self.config = config
         self.tasks = list(tasks)
-        self.embedding = FeatureEmbedding(cardinalities, config.embedding_dim, n_dense)
-        self.levels = build_ple_body(self.embedding.out_dim, len(tasks), config)
-        self.towers = Towers(len(tasks), self.levels[-1].out_dim, config.tower_hidden)
+        d_in = len(cardinalities) * config.embedding_dim + n_dense
+        self.body = FAMILIES[family].build(d_in, len(tasks), config)
+        copies = getattr(self.body, "embedding_copies", 1)
+        self.embedding = FeatureEmbedding(cardinalities, config.embedding_dim, n_dense, copies=copies)
+        self.towers = Towers(len(tasks), self.body.out_dim, config.tower_hidden)
         self.register_buffer(
             "squash", torch.tensor([squashes(t) for t in tasks], dtype=torch.bool), persistent=False
         )
 
+    @property
+    def levels(self) -> nn.ModuleList:
+        """The gated levels (empty for ungated families)."""
+        return getattr(self.body, "levels", nn.ModuleList())
+
     def hyperparameters(self) -> dict:
-        return {"family": self.family, **asdict(self.config)}
+        return {"family": self.family, **dataclasses.asdict(self.config)}
+
+    def gate_shapes(self) -> list[tuple[int, int]]:
+        """(gates, experts) of each gated level."""
+        return self.body.gate_shapes() if hasattr(self.body, "gate_shapes") else []
+
+    def gate_labels(self, level: int) -> list[str]:
+        """What each gate of a level mixes for: a task's name, 'shared', or 'all' (OMoE's one gate)."""
+        n_gates = self.gate_shapes()[level][0]
+        if n_gates < len(self.tasks):
+            return ["all"] * n_gates
+        return [t.name for t in self.tasks] + ["shared"] * (n_gates - len(self.tasks))
+
+    @property
+    def output_names(self) -> list[str]:
+        names = [t.output for t in self.tasks]
+        if self.config.gate_outputs:
+            names += [f"gates_{j}" for j in range(len(self.gate_shapes()))]
+        return names
+
+    def encode(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, S) int64, (B, D) float32 -> tower inputs (K or 1, B, h), gate weights [(G, B, E)]."""
+        return self.body(self.embedding(sparse_ids, dense))
 
     def logits(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """(B, S) int64, (B, D) float32 -> (K, B) pre-activation outputs."""
-        h = self.embedding(sparse_ids, dense).unsqueeze(0)  # (1, B, d)
-        for level in self.levels:
-            h, _ = level(h)  # (G, B, h)
+        h, _ = self.encode(sparse_ids, dense)
         return self.towers(h)  # (K, B)
 
     def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        z = self.logits(sparse_ids, dense)
+        h, gates = self.encode(sparse_ids, dense)
+        z = self.towers(h)  # (K, B)
         out = torch.where(self.squash.unsqueeze(1), torch.sigmoid(z), z)  # (K, B)
-        return tuple(out.unbind(0))  # K tensors of (B,)
+        extra = tuple(g.transpose(0, 1) for g in gates) if self.config.gate_outputs else ()  # (B, G, E)
+        return tuple(out.unbind(0)) + extra  # K tensors of (B,), then the gates
 
 
 def build_model(family, tasks, cardinalities, n_dense, config=None) -> MultiTaskModel:

@@ -4,35 +4,51 @@ Experts, gates and towers are *stacked*: the n members of a group hold one weigh
 (n, d_in, d_out) and run as one batched MatMul over the member axis. That exports to a handful of
 ONNX nodes instead of one chain per expert, which ../shared/PERF-NOTES.md measured 1.3-2.8x faster
 on ONNX Runtime's CPU provider and ~4x faster on CUDA. Shapes are written beside the code:
-B = batch, E = experts, G = gates, K = tasks.
+B = batch, E = experts, G = gates, K = tasks, C = embedding copies.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
 
+@dataclass(frozen=True)
+class BaseConfig:
+    """Hyper-parameters every family has; each family's config adds its own."""
+
+    embedding_dim: int = 8
+    tower_hidden: tuple[int, ...] = (32,)
+    gate_outputs: bool = False  # export each gated level's weights as an extra ONNX output
+
+
 class FeatureEmbedding(nn.Module):
-    """(B, S) per-feature ids and (B, D) dense values -> (B, S * dim + D).
+    """(B, S) per-feature ids and (B, D) dense values -> (C, B, S * dim + D).
 
     One table holds every sparse feature's rows (offset per feature), so lookup is one Gather.
+    `copies` > 1 gives C independent tables (single-task: no parameter shared between tasks).
     """
 
-    def __init__(self, cardinalities: Sequence[int], dim: int, n_dense: int):
+    def __init__(self, cardinalities: Sequence[int], dim: int, n_dense: int, copies: int = 1):
         super().__init__()
-        offsets = torch.tensor([0, *cardinalities[:-1]], dtype=torch.int64).cumsum(0)
-        self.register_buffer("offsets", offsets, persistent=False)
-        self.table = nn.Embedding(int(sum(cardinalities)), dim)
+        total = int(sum(cardinalities))
+        starts = [0, *cardinalities][: len(cardinalities)]
+        per_feature = torch.tensor(starts, dtype=torch.int64).cumsum(0)  # (S,)
+        offsets = per_feature + total * torch.arange(copies).unsqueeze(1)  # (C, S)
+        self.register_buffer("offsets", offsets.unsqueeze(1), persistent=False)  # (C, 1, S)
+        self.table = nn.Embedding(max(copies * total, 1), dim)
         nn.init.normal_(self.table.weight, std=0.05)
+        self.copies = copies
         self.out_dim = len(cardinalities) * dim + n_dense
 
     def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        emb = self.table(sparse_ids + self.offsets)  # (B, S, dim)
-        return torch.cat([emb.flatten(1), dense], dim=1)  # (B, S*dim + D)
+        emb = self.table(sparse_ids.unsqueeze(0) + self.offsets)  # (C, B, S, dim)
+        dense = dense.unsqueeze(0).expand(self.copies, -1, -1)  # (C, B, D)
+        return torch.cat([emb.flatten(2), dense], dim=2)  # (C, B, S*dim + D)
 
 
 class StackedMLP(nn.Module):
@@ -63,8 +79,13 @@ class StackedMLP(nn.Module):
         return x
 
 
+def mix_members(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """out[i] = sum_j matrix[i, j] * x[j]: (M, N) and (N, B, d) -> (M, B, d), as one MatMul."""
+    return torch.matmul(matrix, x.transpose(0, 1)).transpose(0, 1)  # (B, M, d) -> (M, B, d)
+
+
 class ExtractionLevel(nn.Module):
-    """One level of gated experts: the common core of MMoE, OMoE, CGC and PLE.
+    """One level of gated experts: the common core of MMoE, OMoE, CGC, PLE, ML-MMoE and AdaTT.
 
     The level reads `n_slots` input representations (B, d) stacked as (n_slots, B, d); a level fed
     by one representation (the embedding) broadcasts it. Each expert reads one slot
@@ -101,12 +122,39 @@ class ExtractionLevel(nn.Module):
         # A single input slot broadcasts in the MatMul; otherwise pick each member's slot.
         return x if x.shape[0] == 1 else torch.index_select(x, 0, slots)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def experts_and_gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n_slots, B, d) -> expert outputs (E, B, h), gate weights (G, B, E)."""
         expert_out = self.experts(self._route(x, self.expert_slot))  # (E, B, h)
         logits = self.gates(self._route(x, self.gate_slot)) + self.gate_bias  # (G, B, E)
-        weights = torch.softmax(logits, dim=-1)  # (G, B, E)
+        return expert_out, torch.softmax(logits, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        expert_out, weights = self.experts_and_gates(x)
         mixed = torch.matmul(weights.transpose(0, 1), expert_out.transpose(0, 1))  # (B, G, h)
         return mixed.transpose(0, 1), weights  # (G, B, h), (G, B, E)
+
+
+class GatedBody(nn.Module):
+    """Extraction levels in a chain: level j's G outputs are level j+1's input slots.
+
+    forward: (1, B, d) -> (G_last, B, h) for the towers, and each level's gate weights (G, B, E).
+    """
+
+    def __init__(self, levels: Sequence[nn.Module]):
+        super().__init__()
+        self.levels = nn.ModuleList(levels)
+        self.out_dim = levels[-1].out_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        gates = []
+        for level in self.levels:
+            x, weights = level(x)
+            gates.append(weights)
+        return x, gates
+
+    def gate_shapes(self) -> list[tuple[int, int]]:
+        """(gates, experts) per level, for the extra ONNX outputs."""
+        return [tuple(level.gate_mask.shape) for level in self.levels]
 
 
 class Towers(nn.Module):

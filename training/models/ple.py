@@ -1,48 +1,72 @@
-"""PLE (Progressive Layered Extraction, Tang et al., RecSys 2020); one level is CGC.
+"""PLE (Progressive Layered Extraction, Tang et al., RecSys 2020); one level is CGC; ML-MMoE.
 
 Level j holds, per task k, `n_task_experts` experts and `n_shared_experts` shared experts.
 Task k's gate mixes task k's experts and the shared experts and is fed by task k's output of
 level j-1; the shared gate mixes every expert and is fed by the shared output of level j-1.
 Level 1 is fed by the embedding. The last level has no shared gate: its K outputs feed the towers.
+
+ML-MMoE (the PLE paper's stacked MMoE baseline) is the same chain with no task-specific experts:
+every expert is shared, fed by the previous level's shared mixture, and every task gate sees all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
-from torch import nn
-
-from training.models.parts import ExtractionLevel
+from training.models.parts import BaseConfig, ExtractionLevel, GatedBody
 
 
 @dataclass(frozen=True)
-class PLEConfig:
+class PLEConfig(BaseConfig):
     n_levels: int = 2
     n_task_experts: int = 2
     n_shared_experts: int = 2
     expert_hidden: tuple[int, ...] = (128, 64)
-    tower_hidden: tuple[int, ...] = (32,)
-    embedding_dim: int = 8
 
 
-def ple_level(d_in: int, n_tasks: int, config: PLEConfig, last: bool) -> ExtractionLevel:
-    """One extraction level. Input slots: 0..K-1 = tasks, K = shared (one slot at level 1)."""
-    m, s = config.n_task_experts, config.n_shared_experts
-    expert_slot = [k for k in range(n_tasks) for _ in range(m)] + [n_tasks] * s
+@dataclass(frozen=True)
+class MLMMoEConfig(BaseConfig):
+    n_levels: int = 2
+    n_experts: int = 4
+    expert_hidden: tuple[int, ...] = (128, 64)
+
+
+def gated_level(d_in: int, n_tasks: int, n_task: int, n_shared: int, hidden: Sequence[int], last: bool,
+                task_sees_all: bool = False) -> ExtractionLevel:  # fmt: skip
+    """Input slots: 0..K-1 = tasks, K = shared (one slot at level 1, broadcast).
+
+    Experts: n_task per task (reading that task's slot), then n_shared (reading the shared slot).
+    Task gate k sees its own and the shared experts (or all, `task_sees_all`); the shared gate,
+    present unless `last`, sees all.
+    """
+    expert_slot = [k for k in range(n_tasks) for _ in range(n_task)] + [n_tasks] * n_shared
     n_experts = len(expert_slot)
-    shared = [e >= n_tasks * m for e in range(n_experts)]
-    gate_mask = [[shared[e] or expert_slot[e] == k for e in range(n_experts)] for k in range(n_tasks)]
+    shared = [e >= n_tasks * n_task for e in range(n_experts)]
+    gate_mask = [[task_sees_all or shared[e] or expert_slot[e] == k for e in range(n_experts)] for k in range(n_tasks)]
     gate_slot = list(range(n_tasks))
     if not last:
         gate_mask.append([True] * n_experts)
         gate_slot.append(n_tasks)
-    return ExtractionLevel(d_in, config.expert_hidden, expert_slot, gate_slot, gate_mask)
+    return ExtractionLevel(d_in, hidden, expert_slot, gate_slot, gate_mask)
 
 
-def build_ple_body(d_in: int, n_tasks: int, config: PLEConfig) -> nn.ModuleList:
+def ple_level(d_in: int, n_tasks: int, config: PLEConfig, last: bool) -> ExtractionLevel:
+    return gated_level(d_in, n_tasks, config.n_task_experts, config.n_shared_experts, config.expert_hidden, last)
+
+
+def build_ple(d_in: int, n_tasks: int, config: PLEConfig) -> GatedBody:
     levels = []
     for j in range(config.n_levels):
-        level = ple_level(d_in, n_tasks, config, last=j == config.n_levels - 1)
-        levels.append(level)
-        d_in = level.out_dim
-    return nn.ModuleList(levels)
+        levels.append(ple_level(d_in, n_tasks, config, last=j == config.n_levels - 1))
+        d_in = levels[-1].out_dim
+    return GatedBody(levels)
+
+
+def build_ml_mmoe(d_in: int, n_tasks: int, config: MLMMoEConfig) -> GatedBody:
+    levels = []
+    for j in range(config.n_levels):
+        last = j == config.n_levels - 1
+        levels.append(gated_level(d_in, n_tasks, 0, config.n_experts, config.expert_hidden, last))
+        d_in = levels[-1].out_dim
+    return GatedBody(levels)

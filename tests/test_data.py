@@ -1,0 +1,118 @@
+"""Data sets for --data: generators' defining properties, loaders' row counts and label rates."""
+
+import numpy as np
+import pytest
+
+from service.features import FeatureTransform
+from training.data import census, data_root, kuairand, synthetic, videolog
+
+
+@pytest.mark.parametrize("p", [-0.8, 0.0, 0.3, 0.9, 1.0])
+def test_synthetic_weight_vectors_have_cosine_p_and_norm_c(p):
+    w1, w2 = synthetic.weight_vectors(50, 2.5, p, np.random.default_rng(3))
+    assert np.linalg.norm(w1) == pytest.approx(2.5) and np.linalg.norm(w2) == pytest.approx(2.5)
+    assert w1 @ w2 / (np.linalg.norm(w1) * np.linalg.norm(w2)) == pytest.approx(p, abs=1e-12)
+
+
+def test_synthetic_label_correlation_rises_with_p():
+    corr = [np.corrcoef(synthetic.generate(synthetic.SyntheticConfig(n=20_000, d=20, p=p, seed=1)).labels.T)[0, 1]
+            for p in (0.0, 0.5, 0.75, 0.9, 1.0)]  # fmt: skip
+    assert all(a < b for a, b in zip(corr, corr[1:])), corr
+    assert corr[0] < 0.1 and corr[-1] > 0.9
+
+
+def test_synthetic_is_seeded_and_shaped_as_configured():
+    config = synthetic.SyntheticConfig(n=300, d=7, m=3, p=0.4, seed=5)
+    a, b = synthetic.generate(config), synthetic.generate(config)
+    assert len(a) == 300 and len(a.features) == 7 and [t.name for t in a.tasks] == ["y1", "y2"]
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.labels, synthetic.generate(synthetic.SyntheticConfig(n=300, d=7, seed=6)).labels)
+    with pytest.raises(ValueError):
+        synthetic.weight_vectors(5, 1.0, 1.5, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def census_data():
+    return census.load()
+
+
+def test_census_has_the_files_rows_two_tasks_and_a_stratified_60_20_20_split(census_data):
+    assert len(census_data) == 99_762
+    assert [t.name for t in census_data.tasks] == ["income", "never_married"]
+    rates = census_data.labels.mean(axis=0)
+    assert rates[0] == pytest.approx(0.062, abs=0.001) and rates[1] == pytest.approx(0.432, abs=0.001)
+    parts = census_data.split(seed=census.SPLIT_SEED)
+    assert [len(p) for p in parts] == [59_858, 19_953, 19_951]
+    for part in parts:  # stratified: every part keeps both label rates (and their combination)
+        np.testing.assert_allclose(part.labels.mean(axis=0), rates, atol=2e-4)
+        both = (part.labels[:, 0] * part.labels[:, 1]).mean()
+        assert both == pytest.approx((census_data.labels[:, 0] * census_data.labels[:, 1]).mean(), abs=2e-4)
+    again = census_data.split(seed=census.SPLIT_SEED)
+    np.testing.assert_array_equal(again[2].labels, parts[2].labels)
+    np.testing.assert_array_equal(again[2].columns["age"], parts[2].columns["age"])
+
+
+def test_census_inputs_exclude_the_label_columns_and_missing_values_take_the_default(census_data):
+    names = {f.name for f in census_data.features}
+    assert not names & {"marital_status", "income", "instance_weight"}
+    assert len(names) == 39 and sum(f.kind == "dense" for f in census_data.features) == 7
+    migration = census_data.columns["migration_msa"]
+    assert any(v is None for v in migration)  # '?' in the file
+    spec = next(f for f in census_data.features if f.name == "migration_msa")
+    assert "?" not in spec.vocabulary
+    ids = FeatureTransform([spec]).encode(5, per_row={"migration_msa": migration[:5]}).sparse_ids
+    assert ids[[v is None for v in migration[:5]]].tolist() == [[0]] * sum(v is None for v in migration[:5])
+
+
+def test_census_reads_a_slice_for_fast_runs():
+    assert len(census.load(nrows=500)) == 500
+
+
+def test_kuairand_rows_label_rates_and_completion_mask():
+    data = kuairand.load()
+    assert len(data) == 41_828
+    assert [t.name for t in data.tasks] == ["click", "long_view", "completion", "share", "comment"]
+    rates = data.labels.mean(axis=0)
+    assert rates[0] == pytest.approx(0.657, abs=0.001) and rates[3] == pytest.approx(0.0078, abs=0.0002)
+    # completion exists only where the duration is known (18.5 % of rows have duration 0)
+    assert data.masks[:, 2].mean() == pytest.approx(1 - 0.185, abs=0.001)
+    assert np.isnan(data.columns["video_len"][~data.masks[:, 2]]).all()
+    completion = data.labels[data.masks[:, 2], 2]
+    assert completion.min() >= 0.0 and completion.max() <= 1.0
+    assert data.masks[:, [0, 1, 3, 4]].all()
+    # user features joined for every row (every user of the log is in the user table)
+    assert all(v is not None for v in data.columns["user_active_degree"])
+    assert data.video_len_column == "video_len"
+
+
+def test_data_root_follows_the_environment_variable(monkeypatch, tmp_path):
+    assert data_root().name == "data" and data_root().parent.name == "shared"
+    monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
+    assert data_root() == tmp_path
+    assert data_root("/elsewhere") == data_root("/elsewhere")
+
+
+def test_kuairand_reads_a_slice_from_a_given_folder():
+    data = kuairand.load(data_root() / kuairand.DIRECTORY, nrows=300)
+    assert len(data) == 300 and data.labels.shape == (300, 5)
+
+
+def test_videolog_task_correlation_knob_raises_label_correlation():
+    def post_click_corr(rho):
+        data = videolog.to_dataset(videolog.simulate(videolog.VideoLogConfig(
+            n_users=300, n_videos=400, n_impressions=60_000, seed=1, task_correlation=rho)))  # fmt: skip
+        clicked = data.masks[:, 1]
+        return np.corrcoef(data.labels[clicked][:, [2, 3]].T)[0, 1]  # completion vs share
+
+    low, mid, high = (post_click_corr(r) for r in (0.0, 0.5, 1.0))
+    assert low < mid < high and high - low > 0.05
+    with pytest.raises(ValueError):
+        videolog.simulate(videolog.VideoLogConfig(n_impressions=10, task_correlation=1.5))
+
+
+def test_videolog_has_five_tasks_with_post_click_sample_spaces():
+    data = videolog.to_dataset(videolog.simulate(videolog.VideoLogConfig(n_users=50, n_videos=80, n_impressions=3000)))
+    assert [t.name for t in data.tasks] == ["ctr", "vtr", "vcr", "shr", "cmr"]
+    clicked = data.labels[:, 0] > 0.5
+    assert data.masks[:, 0].all() and (data.masks[:, 1:] == clicked[:, None]).all()
+    assert (data.labels[~clicked, 1:] == 0).all()

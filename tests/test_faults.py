@@ -1,0 +1,108 @@
+"""Faults while serving: the repository changing under the service, a slow Redis.
+
+The serving version keeps serving; each event is logged and counted in /metrics. (Redis killed and
+restarted, and broken version folders, are in test_store.py, test_replicas.py, test_lifecycle.py.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import time
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import wait_until
+
+REQUEST = {"user": {"id": "u7"}, "candidates": [{"id": f"v{i}", "video_len": 10.0 + i} for i in range(20)]}
+
+
+def settings(models, **extra) -> Settings:
+    return Settings(**{"models_dir": models, "features_dir": None, "watch": "off", **extra})
+
+
+def metric(client, name: str, **labels) -> float:
+    """The value of one sample in /metrics (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = re.compile(rf"^{re.escape(name)}\{{{re.escape(wanted)}\}} (\S+)$", re.M)
+    found = pattern.search(client.get("/metrics").text)
+    return float(found.group(1)) if found else 0.0
+
+
+def ranks(client, version: int | None = None) -> dict:
+    r = client.post("/v1/rank", json=REQUEST)
+    assert r.status_code == 200, r.text
+    if version is not None:
+        assert r.json()["version"] == version
+    return r.json()
+
+
+def test_a_version_folder_deleted_while_serving_keeps_serving_logged_and_counted(repo, caplog):
+    with TestClient(create_app(settings(repo, watch="auto"))) as c:
+        ranks(c, version=2)
+        shutil.rmtree(repo / "ple" / "2")
+        with caplog.at_level(logging.WARNING, logger="ranker"):
+            for _ in range(3):  # the watcher's polls: reported once, not every poll
+                c.app.state.registry.poll()
+        ranks(c, version=2)
+        assert c.get("/health/ready").status_code == 200
+        assert metric(c, "ranker_repository_events_total", event="version_vanished") == 1
+        assert [r.getMessage() for r in caplog.records if "ple/2" in r.getMessage() and "deleted" in r.getMessage()]
+        # An admin can still route away from it, to a version that is on disk.
+        assert c.app.state.registry.load("ple", 1).state == "ready"
+        assert c.app.state.registry.activate("ple", 1).active == 1
+        ranks(c, version=1)
+
+
+def test_the_models_directory_becoming_unreadable_while_serving(repo, caplog):
+    """Unreadable: replaced by a file (chmod 000 does not stop root, which runs these tests)."""
+    away = repo.parent / "models.away"
+    with TestClient(create_app(settings(repo, watch="auto"))) as c:
+        ranks(c, version=2)
+        repo.rename(away)
+        repo.write_text("not a folder any more")
+        with caplog.at_level(logging.ERROR, logger="ranker"):
+            c.app.state.registry.poll()
+        ranks(c, version=2)
+        assert c.get("/health/ready").status_code == 200
+        assert metric(c, "ranker_repository_events_total", event="unreadable") >= 1
+        assert metric(c, "ranker_repository_events_total", event="version_vanished") == 0
+        assert any("unreadable" in r.getMessage() for r in caplog.records)
+        # Back again: the watcher carries on, nothing was unloaded.
+        repo.unlink()
+        away.rename(repo)
+        c.app.state.registry.poll()
+        ranks(c, version=2)
+        assert [m["version"] for m in c.get("/v1/models").json()["models"] if m["state"] == "ready"] == [2]
+
+
+def test_a_slow_redis_degrades_requests_within_the_timeout(trained, own_redis):
+    timeout_ms = 50
+    app = create_app(settings(trained.models_dir, redis_url=own_redis.url, redis_timeout_ms=timeout_ms))
+    with TestClient(app) as c:
+        assert ranks(c)["degraded"] is False
+        sleeper = subprocess.Popen(["redis-cli", "-p", str(own_redis.port), "DEBUG", "SLEEP", "2"],
+                                   stdout=subprocess.DEVNULL)  # fmt: skip
+        try:
+            time.sleep(0.2)  # DEBUG SLEEP has started: Redis answers nothing for 2 s
+            timings, degraded = [], []
+            for _ in range(10):
+                t = time.monotonic()
+                body = ranks(c)
+                timings.append(time.monotonic() - t)
+                degraded.append(body["degraded"])
+            asleep = sleeper.poll() is None  # redis-cli returns when DEBUG SLEEP ends
+        finally:
+            sleeper.wait(timeout=10)
+        assert asleep, "the requests took so long that Redis may have woken: the test proves nothing"
+        assert all(degraded), degraded
+        # Each answer within the feature timeout plus a margin for a shared, noisy 2-core machine;
+        # far below the 2 s Redis stays silent.
+        assert max(timings) < timeout_ms / 1000 + 0.4, timings
+        assert metric(c, "ranker_degraded_requests_total", reason="feature_store") >= 10
+        # Redis awake again: requests recover without a restart (after the store's back-off).
+        wait_until(lambda: not ranks(c)["degraded"], timeout=15, what="features from Redis again")

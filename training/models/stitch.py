@@ -1,0 +1,100 @@
+"""Cross-stitch networks (Misra et al., CVPR 2016) and sluice networks (Ruder et al., AAAI 2019).
+
+Both keep one column (MLP) per task and let the columns exchange information between layers
+through learned linear mixing, not input-dependent gates:
+- cross-stitch: after each layer, column k becomes sum_j alpha[k, j] * column j, with alpha a
+  learned (K, K) matrix per layer, initialised to 0.9 on the diagonal (mostly task-specific).
+- sluice: each column's layer output is split into `n_subspaces` subspaces, and the alpha of each
+  layer mixes all K * n_subspaces of them; a learned beta (K, L) then mixes each column's L layer
+  outputs into its tower input ("layer mixing"). Sluice layers share one width so beta can mix them.
+  (The paper's orthogonality penalty between subspaces is not used.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from training.models.parts import BaseConfig, StackedMLP, mix_members
+
+
+@dataclass(frozen=True)
+class CrossStitchConfig(BaseConfig):
+    hidden: tuple[int, ...] = (128, 64)
+
+
+@dataclass(frozen=True)
+class SluiceConfig(BaseConfig):
+    n_layers: int = 2
+    width: int = 64
+    n_subspaces: int = 2
+
+
+def stitch_init(n: int, self_weight: float = 0.9) -> torch.Tensor:
+    """(n, n) with self_weight on the diagonal and the rest spread evenly over each row."""
+    if n == 1:
+        return torch.ones(1, 1)
+    off = (1.0 - self_weight) / (n - 1)
+    return torch.full((n, n), off) + (self_weight - off) * torch.eye(n)
+
+
+class CrossStitch(nn.Module):
+    """(1, B, d) -> (K, B, hidden[-1])."""
+
+    def __init__(self, d_in: int, n_tasks: int, config: CrossStitchConfig):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self.alphas = nn.ParameterList()
+        for h in config.hidden:
+            self.layers.append(StackedMLP(n_tasks, d_in, [h]))
+            self.alphas.append(nn.Parameter(stitch_init(n_tasks)))  # (K, K)
+            d_in = h
+        self.out_dim = d_in
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        for layer, alpha in zip(self.layers, self.alphas):
+            x = mix_members(alpha, layer(x))  # (K, B, h)
+        return x, []
+
+
+class Sluice(nn.Module):
+    """(1, B, d) -> (K, B, width)."""
+
+    def __init__(self, d_in: int, n_tasks: int, config: SluiceConfig):
+        super().__init__()
+        if config.width % config.n_subspaces:
+            raise ValueError("sluice width must be a multiple of n_subspaces")
+        self.n_tasks, self.width, self.n_sub = n_tasks, config.width, config.n_subspaces
+        self.layers = nn.ModuleList()
+        self.alphas = nn.ParameterList()
+        for _ in range(config.n_layers):
+            self.layers.append(StackedMLP(n_tasks, d_in, [config.width]))
+            self.alphas.append(nn.Parameter(stitch_init(n_tasks * config.n_subspaces)))  # (K*S, K*S)
+            d_in = config.width
+        self.beta = nn.Parameter(torch.full((n_tasks, 1, config.n_layers), 1.0 / config.n_layers))  # (K, 1, L)
+        self.out_dim = config.width
+
+    def _mix_subspaces(self, h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        k, s, w = self.n_tasks, self.n_sub, self.width
+        sub = h.transpose(0, 1).reshape(-1, k * s, w // s)  # (B, K*S, w/S): task-major subspaces
+        mixed = torch.matmul(alpha, sub)  # (B, K*S, w/S)
+        return mixed.reshape(-1, k, w).transpose(0, 1)  # (K, B, w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        outputs = []
+        for layer, alpha in zip(self.layers, self.alphas):
+            x = self._mix_subspaces(layer(x), alpha)  # (K, B, w)
+            outputs.append(x)
+        stacked = torch.stack(outputs, dim=1).reshape(self.n_tasks, len(outputs), -1)  # (K, L, B*w)
+        mixed = torch.matmul(self.beta, stacked)  # (K, 1, B*w)
+        return mixed.reshape(self.n_tasks, -1, self.width), []  # (K, B, w)
+
+
+def build_cross_stitch(d_in: int, n_tasks: int, config: CrossStitchConfig) -> CrossStitch:
+    return CrossStitch(d_in, n_tasks, config)
+
+
+def build_sluice(d_in: int, n_tasks: int, config: SluiceConfig) -> Sluice:
+    return Sluice(d_in, n_tasks, config)
