@@ -38,8 +38,8 @@ def main() -> None:
                 cells += [f"{sat['throughput_rps']:.0f}", f"{half['p50_ms']:.1f} / {half['p99_ms']:.1f}"]
             out.write(f"| {name} | " + " | ".join(cells) + " |\n")
         for engine in ("onnxruntime", "pytorch"):
-            cells = [f"{d['engines_alone_runs_per_s'][n][engine]:.0f}" for n in sizes]
-            out.write(f"| ({engine} alone, no server) | " + " | ".join(f"{c} | " for c in cells) + "\n")
+            cells = [c for n in sizes for c in (f"{d['engines_alone_runs_per_s'][n][engine]:.0f}", "")]
+            out.write(f"| ({engine} alone, no server; runs/s) | " + " | ".join(cells) + " |\n")
         out.write("\n")
     if d := load("rank_latency"):
         out.write(f"Service vs bare ONNX Runtime, same batch, sequential ({machine_line(d)}); p50 ms:\n\n")
