@@ -46,7 +46,9 @@ def export_state(version_dir: Path, state_path: Path) -> float:
 
     model = rebuild(version_dir)
     initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(Path(version_dir) / "model.onnx")).graph.initializer}
-    state = {k: torch.from_numpy(initializers[k].copy()) for k in model.state_dict()}
+    # Versions exported before the model zoo named the PLE body `levels.*` rather than `body.levels.*`.
+    state = {k: torch.from_numpy(initializers.get(k, initializers.get(k.removeprefix("body."))).copy())
+             for k in model.state_dict()}  # fmt: skip
     model.load_state_dict(state)
     spec = ModelSpec.model_validate_json((Path(version_dir) / "model.json").read_bytes())
     rng = np.random.default_rng(0)
