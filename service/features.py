@@ -86,6 +86,7 @@ class FeatureTransform:
             s.name: {v: i + 1 for i, v in enumerate(s.vocabulary)} for s in self.sparse if s.vocabulary
         }
         self._cache: dict[str, dict[str, int]] = {s.name: {} for s in self.sparse}
+        self.from_id = {s.name for s in self.specs if s.from_id}  # raw value = the entity's id
         self.by_source = {
             src: [s.name for s in self.specs if s.source == src] for src in ("user", "item", "context")
         }

@@ -79,7 +79,7 @@ def infer(mv: ModelVersion, req: InferRequest, max_batch: int) -> dict:
     if len({a.shape[0] for a in arrays.values()}) != 1 or next(iter(arrays.values())).shape[0] == 0:
         raise ApiError(422, "wrong_shape", "every input needs the same, non-zero batch size", "inputs")
     if "sparse_ids" in arrays:  # ids past an embedding table would fail inside ONNX Runtime
-        limits = np.array([s.cardinality for s in mv.transform.sparse])
+        limits = np.array(mv.transform.cardinalities())
         if (arrays["sparse_ids"] < 0).any() or (arrays["sparse_ids"] >= limits).any():
             raise ApiError(422, "wrong_data", f"sparse_ids column j must lie in [0, {limits.tolist()}[j])", "inputs")
     outputs = mv.engine.run(arrays)

@@ -160,9 +160,6 @@ class ModelSpec(_Strict):
             raise ValueError(f"tasks refer to missing outputs: {sorted(missing)}")
         return self
 
-    def task(self, name: str) -> TaskSpec:
-        return next(t for t in self.tasks if t.name == name)
-
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()

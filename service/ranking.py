@@ -115,7 +115,7 @@ class Ranker:
     def _raw_features(mv: ModelVersion, req: RankRequest, fetched) -> tuple[dict, dict, np.ndarray]:
         """Shared (user + context) and per-candidate raw values; the request wins over the store."""
         by_source = mv.transform.by_source
-        id_features = {s.name for s in mv.spec.features if s.from_id}
+        id_features = mv.transform.from_id
         stored_user = fetched.user or {}
         shared: dict[str, Any] = {}
         for name in by_source["user"]:

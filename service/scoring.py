@@ -61,6 +61,3 @@ def rank(
     order = np.argsort(-log_score, kind="stable")
     return Ranking(order=order, log_score=log_score, log_factors=log_factors, log_f_video_len=log_f)
 
-
-def top(ranking: Ranking, k: int | None) -> np.ndarray:
-    return ranking.order if k is None else ranking.order[:k]

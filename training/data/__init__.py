@@ -95,10 +95,3 @@ class Dataset:
         digest.update(np.ascontiguousarray(self.labels).tobytes())
         digest.update(np.ascontiguousarray(self.masks).tobytes())
         return digest.hexdigest()
-
-    def positives(self) -> dict[str, int]:
-        return {
-            t.name: int(((self.labels[:, k] > 0.5) & self.masks[:, k]).sum())
-            for k, t in enumerate(self.tasks)
-            if t.kind == "binary"
-        }
