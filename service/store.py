@@ -87,8 +87,7 @@ class InProcessStore:
         return n
 
     def fetch(self, user_id: str, item_ids: Sequence[str]) -> Fetched:
-        items = self.tables["item"]
-        return Fetched(self.tables["user"].get(user_id), [items.get(i) for i in item_ids])
+        return Fetched(self.tables["user"].get(user_id), list(map(self.tables["item"].get, item_ids)))
 
 
 class RedisStore:

@@ -7,6 +7,7 @@ import pytest
 
 from service.features import MISSING_ID, FeatureTransform, FeatureValueError, fit_dense, stable_hash
 from service.modelspec import FeatureSpec
+from service.candidates import Candidates
 from service.ranking import Ranker
 from service.schemas import RankRequest
 from service.store import InProcessStore
@@ -95,7 +96,8 @@ def test_training_and_serving_encode_the_same_raw_record_identically():
             "context": {"network": imp["network"], "hour": int(imp["hour"])},
             "candidates": [{"id": imp["video_id"]}],
         })
-        shared, per_row, _ = Ranker._raw_features(mv, req, store.fetch(req.user.id, [imp["video_id"]]))
+        candidates = Candidates.of(req.candidates)
+        shared, per_row, _ = Ranker.raw_features(mv, req, candidates, store.fetch(req.user.id, candidates.ids))
         served = transform.encode(1, shared, per_row)
         np.testing.assert_array_equal(served.sparse_ids[0], trained.sparse_ids[out_row])
         np.testing.assert_array_equal(served.dense[0], trained.dense[out_row])

@@ -19,7 +19,7 @@ def rank(body: RankRequest, ranker: RankerDep) -> JSONBytes:
     stages: dict[str, float] = {}
     # Client-chosen ids in a log line: service.logsafe escapes their control characters.
     log.debug("rank request_id=%s user=%s candidates=%d first=%s", body.request_id, body.user.id,
-              len(body.candidates), body.candidates[0].id)  # fmt: skip
+              len(body.candidates), body.candidates[0]["id"])  # fmt: skip
     result = ranker.rank(body, stages)
     timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items())
     return JSONBytes(result, headers={"Server-Timing": timing})

@@ -1,0 +1,76 @@
+"""A request's candidates as columns: read once, each column in one C-level pass (map over dicts).
+
+The request path touches every candidate several times (limits, duplicate ids, video_len, each item
+feature); per-candidate Python there cost ~1 ms at 500 candidates. Here each column is one `map`
+over the validated dicts, and Python loops run only over the exceptions (a duplicate, a missing
+video_len), so the common request costs a few microseconds per feature, not per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, Sequence
+
+import numpy as np
+
+from service.errors import ApiError
+from service.schemas import Candidate
+
+VIDEO_LEN = "video_len"
+# The stand-in for "no features" (none sent, or an item the store does not know). Shared by every
+# request, so it must never be written to; dict.get needs a real dict, not a read-only proxy.
+EMPTY: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Candidates:
+    ids: list[str]
+    sent_video_len: np.ndarray  # (B,) float64: the request's video_len, NaN where it sent none
+    sent_features: list[dict[str, Any]]  # per candidate, EMPTY where it sent none
+    any_sent_features: bool
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate]) -> "Candidates":
+        # None (absent or null) becomes NaN; pydantic has already checked that sent ones are finite and > 0.
+        lengths = np.array(list(map(dict.get, candidates, repeat(VIDEO_LEN))), dtype=np.float64)
+        sent = list(map(dict.get, candidates, repeat("features"), repeat(EMPTY)))
+        return cls(list(map(itemgetter("id"), candidates)), lengths, sent, any(sent))
+
+    def check_ids(self) -> None:
+        """422 naming the first repeated id."""
+        if len(set(self.ids)) == len(self.ids):
+            return
+        seen: set[str] = set()
+        for i, cid in enumerate(self.ids):
+            if cid in seen:
+                raise ApiError(422, "duplicate_candidate", f"candidate id {cid!r} appears twice", f"candidates[{i}].id")
+            seen.add(cid)
+
+    def check_feature_counts(self, limit: int) -> None:
+        """422 naming the first candidate that sent more than `limit` features."""
+        if not self.any_sent_features or max(map(len, self.sent_features)) <= limit:
+            return
+        i, features = next((i, f) for i, f in enumerate(self.sent_features) if len(f) > limit)
+        raise ApiError(422, "too_many_features", f"{len(features)} features; at most {limit}", f"candidates[{i}].features")
+
+    def video_len(self, stored: Sequence[dict[str, Any]]) -> np.ndarray:
+        """(B,) float64 seconds: the request's, else the store's; 422 naming the first candidate with neither."""
+        lengths = self.sent_video_len.copy()
+        for i in np.flatnonzero(np.isnan(lengths)).tolist():
+            length = stored[i].get(VIDEO_LEN)
+            if not isinstance(length, (int, float)) or not (0 < length < math.inf):
+                raise ApiError(422, "missing_video_len",
+                               "video_len (seconds, > 0) is required when the store does not know the item",
+                               f"candidates[{i}].video_len")  # fmt: skip
+            lengths[i] = float(length)
+        return lengths
+
+    def feature(self, name: str, stored: Sequence[dict[str, Any]]) -> list[Any]:
+        """One item feature's raw values: the request's where a candidate sent it, else the store's."""
+        from_store = map(dict.get, stored, repeat(name))
+        if not self.any_sent_features:
+            return list(from_store)
+        return list(map(dict.get, self.sent_features, repeat(name), from_store))
