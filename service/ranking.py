@@ -1,7 +1,7 @@
 """POST /v1/rank's logic: features -> one inference call -> scores -> ranked items.
 
-Per-candidate work goes column by column (service.candidates), so that at hundreds of candidates
-the model, not Python, takes most of a request's time.
+Per-candidate work goes column by column (service.candidates in, service.jsonrows out), so that at
+hundreds of candidates the model, not Python, takes most of a request's time.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from service import jsonrows
 from service.candidates import EMPTY, VIDEO_LEN, Candidates
 from service.errors import ApiError
 from service.features import FeatureValueError
@@ -68,20 +69,20 @@ class Ranker:
         return body
 
     @staticmethod
-    def _items(ids: list[str], values: dict[str, np.ndarray], ranking: Ranking, req: RankRequest) -> list[dict]:
+    def _items(ids: list[str], values: dict[str, np.ndarray], ranking: Ranking, req: RankRequest):
+        """The ranked items, [{"id", "score", "tasks": {...}, "explain"?: {...}}, ...], as a JSON fragment."""
         chosen = ranking.order if req.top_k is None else ranking.order[: req.top_k]
-        scores = np.exp(ranking.log_score[chosen]).tolist()
-        columns = {name: v[chosen].tolist() for name, v in values.items()}
-        names = list(columns)
-        rows = zip(*columns.values())
-        items = [{"id": ids[i], "score": s, "tasks": dict(zip(names, row))}
-                 for i, s, row in zip(chosen.tolist(), scores, rows)]  # fmt: skip
+        item: dict = {
+            "id": jsonrows.strings(list(map(ids.__getitem__, chosen.tolist()))),
+            "score": jsonrows.numbers(np.exp(ranking.log_score[chosen])),
+            "tasks": {name: jsonrows.numbers(v[chosen]) for name, v in values.items()},
+        }
         if req.explain:
-            factors = {t: np.exp(lf[chosen]).tolist() for t, lf in ranking.log_factors.items()}
-            f_len = np.exp(ranking.log_f_video_len[chosen]).tolist()
-            for j, item in enumerate(items):
-                item["explain"] = {"factors": {t: f[j] for t, f in factors.items()}, "f_video_len": f_len[j]}
-        return items
+            item["explain"] = {
+                "factors": {t: jsonrows.numbers(np.exp(lf[chosen])) for t, lf in ranking.log_factors.items()},
+                "f_video_len": jsonrows.numbers(np.exp(ranking.log_f_video_len[chosen])),
+            }
+        return jsonrows.rows(item)
 
     def _checked(self, req: RankRequest) -> Candidates:
         """The request's limits, in the order the errors are reported; then its candidates as columns."""
