@@ -54,6 +54,14 @@ def test_probabilities_are_clipped_at_eps():
     np.testing.assert_allclose(np.exp(ranking.log_score), [1e-6, 1e-6, 0.5])
 
 
+def test_nan_and_out_of_range_outputs_count_exactly_as_clip_of_nan_to_num():
+    eps = 1e-6
+    p = np.array([np.nan, np.inf, -np.inf, 2.0, 1.0, 0.5, 1e-9, 0.0, -3.0], dtype=np.float32)
+    ranking = rank({"ctr": p}, {"ctr": 0.7}, np.full(len(p), 30.0), NoneTransform(), eps)
+    expected = 0.7 * np.log(np.clip(np.nan_to_num(p.astype(np.float64), nan=eps), eps, 1.0))
+    assert ranking.log_factors["ctr"].tobytes() == expected.tobytes()  # bit for bit
+
+
 def test_ties_keep_request_order():
     values = {"ctr": np.array([0.2, 0.5, 0.2, 0.5, 0.2])}
     ranking = rank(values, {"ctr": 1.0}, np.full(5, 12.0), LogTransform())
