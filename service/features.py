@@ -122,6 +122,10 @@ class FeatureTransform:
         21 == 21.0) can never hit each other's entry; they take the exact path every time.
         """
         cache = self._cache[spec.name]
+        try:  # every value seen before (the common case): one C-level pass, no list in between
+            return np.fromiter(map(cache.__getitem__, column), dtype=np.int64, count=len(column))
+        except KeyError:
+            pass
         ids = list(map(cache.get, column))
         if None in ids:
             for k, found in enumerate(ids):
