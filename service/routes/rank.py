@@ -3,10 +3,11 @@ import logging
 from fastapi import APIRouter
 
 from service.deps import RankerDep
+from service.jsonbody import JSONRoute
 from service.responses import JSONBytes
 from service.schemas import RankRequest, RankResponse, error_responses
 
-router = APIRouter(tags=["ranking"])
+router = APIRouter(tags=["ranking"], route_class=JSONRoute)  # bodies read by orjson
 log = logging.getLogger("ranker")
 
 ERRORS = error_responses(400, 404, 408, 409, 413, 422, 503)

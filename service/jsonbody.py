@@ -1,0 +1,55 @@
+"""Request bodies read with orjson, giving what the standard library's json.loads gives.
+
+FastAPI reads a JSON body with json.loads: 0.25 ms of a 500-candidate request, against 0.08 ms
+for orjson. orjson gives the same Python objects (checked on random and hard float literals in
+tests/test_jsonbody.py) except where it refuses a body or reads it differently; those bodies go to
+json.loads, so they keep exactly the values, errors and statuses they had:
+- integers of 19 or more digits: past 64 bits orjson returns a float, json.loads an exact int;
+- what orjson refuses: NaN / Infinity literals and numbers past the float range (json.loads reads
+  them, then the schema rejects them naming the field), lone surrogates, a BOM or UTF-16, bad
+  UTF-8, nesting past 1,024 levels.
+One difference remains: json.loads gives up nesting at Python's recursion limit (~950 levels
+under the server), orjson at 1,024; a body nested that deep is a 422 naming the field, not a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Coroutine
+
+import orjson
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+
+# Every digit becomes "0", every other byte a space: a run of 19 digits becomes a run of 19 "0"s,
+# found by a substring search (a regex for it takes ten times longer).
+_DIGITS = bytes(ord("0") if chr(b).isdigit() and b < 128 else ord(" ") for b in range(256))
+_LONG_NUMBER = b"0" * 19
+
+
+def loads(body: bytes) -> Any:
+    if _LONG_NUMBER not in body.translate(_DIGITS):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
+
+
+class _Request(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):  # the attribute Starlette's own json() caches in
+            self._json = loads(await self.body())
+        return self._json
+
+
+class JSONRoute(APIRoute):
+    """A route whose JSON body is read by `loads` (FastAPI's documented custom-request hook)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            return await handler(_Request(request.scope, request.receive))
+
+        return route_handler
