@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -95,3 +96,13 @@ def served(models: Path, env: dict | None = None):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def make_request(n: int, features_dir: Path) -> bytes:
+    """A /v1/rank body: n candidates, the first ones known to the feature store, each with its video_len."""
+    from service.store import read_table
+
+    items = list(read_table(features_dir / "items.jsonl"))[:n] if (features_dir / "items.jsonl").exists() else []
+    candidates = [{"id": row_id, "video_len": f.get("video_len", 30.0)} for row_id, f in items]
+    candidates += [{"id": f"new{i}", "video_len": 5.0 + i % 300} for i in range(n - len(candidates))]
+    return orjson.dumps({"user": {"id": "u42"}, "context": {"network": "wifi", "hour": 21}, "candidates": candidates})

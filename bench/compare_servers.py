@@ -35,7 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BIN, ROOT, free_port, newest_version, print_table, write_result  # noqa: E402
-from rank_latency import make_request  # noqa: E402
+from common import make_request  # noqa: E402
 
 SIZES = (100, 500, 1000)
 VENVS = ROOT / "bench" / ".venvs"

@@ -1,0 +1,147 @@
+"""In-process /v1/rank cost at two git revisions, measured in alternation on the same machine.
+
+On a shared machine, timings move with the neighbours' load; runs of the two revisions alternate
+(A, B, A, B, ...) so that both see the same conditions, and each run times bare session.run and
+the service path call after call. Per run and size it records:
+  bare_p50_ms     session.run on the batch the service builds
+  service_p50_ms  parse + rank + JSON encode (wall), alternated with the bare call
+  ratio           service_p50_ms / bare_p50_ms
+  python_cpu_ms   the same path with inference answered from a cache, in CPU time of the thread:
+                  the Python around the model, which preemption by other processes barely moves
+Prints medians over the runs and writes bench/results/ab_rank.json.
+
+    python bench/ab_rank.py main HEAD [--rounds 5] [--sizes 100,500,1000] [--repeat 200]
+
+A revision is exported with `git archive`, and its `service` package is imported from there; "."
+is the working tree. Parsing is the route's at that revision: service.jsonbody.loads where it
+exists, else json.loads (FastAPI's reader), then the schema's validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, make_request, print_table, write_result  # noqa: E402
+
+
+def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
+    import orjson
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.schemas import RankRequest
+    from service.settings import Settings
+
+    try:
+        from service.jsonbody import loads
+    except ImportError:  # revisions before service.jsonbody: FastAPI's reader
+        loads = json.loads
+
+    def serve(body: bytes) -> None:
+        orjson.dumps(ranker.rank(RankRequest.model_validate(loads(body)), {}), option=orjson.OPT_SERIALIZE_NUMPY)
+
+    out: dict = {"load_average_1m": os.getloadavg()[0]}
+    app = create_app(Settings(models_dir=models, features_dir=features, watch="off"))
+    with TestClient(app):
+        ranker = app.state.ranker
+        mv, _ = app.state.registry.resolve(None, None, "u42")
+        engine_run = mv.engine.run
+        for n in sizes:
+            body = make_request(n, features)
+            seen: dict = {}
+            mv.engine.run = lambda inputs: seen.setdefault("inputs", dict(inputs)) and engine_run(inputs)
+            serve(body)
+            mv.engine.run = engine_run
+            inputs = seen["inputs"]
+            bare, service = [], []
+            for i in range(repeat + 20):
+                t0 = time.perf_counter()
+                mv.engine.session.run(None, inputs)
+                t1 = time.perf_counter()
+                serve(body)
+                t2 = time.perf_counter()
+                if i >= 20:
+                    bare.append(t1 - t0)
+                    service.append(t2 - t1)
+            cached = engine_run(inputs)
+            mv.engine.run = lambda _inputs: cached
+            cpu = []
+            for i in range(repeat + 20):
+                t0 = time.thread_time()
+                serve(body)
+                if i >= 20:
+                    cpu.append(time.thread_time() - t0)
+            mv.engine.run = engine_run
+            b, s = statistics.median(bare) * 1e3, statistics.median(service) * 1e3
+            out[str(n)] = {"bare_p50_ms": b, "service_p50_ms": s, "ratio": s / b,
+                           "python_cpu_ms": statistics.median(cpu) * 1e3}  # fmt: skip
+    return out
+
+
+def export(rev: str, into: Path) -> Path:
+    if rev == ".":
+        return ROOT
+    tree = into / rev.replace("/", "_")
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("revs", nargs="*", default=["main", "."])
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--features", type=Path, default=ROOT / "data" / "features")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--sizes", default="100,500,1000")
+    p.add_argument("--repeat", type=int, default=200)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.child:
+        print(json.dumps(child(args.models, args.features, sizes, args.repeat)))
+        return
+
+    runs: dict[str, list[dict]] = {rev: [] for rev in args.revs}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {rev: export(rev, Path(tmp)) for rev in args.revs}
+        for r in range(args.rounds):
+            for rev in args.revs:
+                cmd = [sys.executable, __file__, "--child", "--models", str(args.models), "--features",
+                       str(args.features), "--sizes", args.sizes, "--repeat", str(args.repeat)]  # fmt: skip
+                env = {**os.environ, "PYTHONPATH": str(trees[rev])}
+                done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tmp)
+                runs[rev].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(f"round {r + 1} {rev}: load {runs[rev][-1]['load_average_1m']:.2f}", flush=True)
+
+    keys = ("bare_p50_ms", "service_p50_ms", "ratio", "python_cpu_ms")
+    medians = {rev: {str(n): {k: statistics.median(run[str(n)][k] for run in rs) for k in keys} for n in sizes}
+               for rev, rs in runs.items()}  # fmt: skip
+    loads = [run["load_average_1m"] for rs in runs.values() for run in rs]
+    print(f"\nmedians over {args.rounds} alternated runs; load average {min(loads):.2f}-{max(loads):.2f}")
+    print_table(["cands", "revision", "bare ORT", "service", "ratio", "Python CPU"],
+                [[n, rev, *(medians[rev][str(n)][k] for k in keys)] for n in sizes for rev in args.revs])  # fmt: skip
+    path = write_result("ab_rank", {"revisions": {rev: _describe(rev) for rev in args.revs}, "rounds": args.rounds,
+                                    "repeat": args.repeat, "medians": medians, "runs": runs})  # fmt: skip
+    print(f"\nwrote {path}")
+
+
+def _describe(rev: str) -> str:
+    if rev == ".":
+        return "working tree at " + subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                                   capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True).stdout.strip()
+
+
+if __name__ == "__main__":
+    main()
