@@ -8,9 +8,14 @@ the service path call after call. Per run and size it records:
   ratio           service_p50_ms / bare_p50_ms
   python_cpu_ms   the same path with inference answered from a cache, in CPU time of the thread:
                   the Python around the model, which preemption by other processes barely moves
+With --http, each revision also runs as a `ranker-serve` process (one per --threads value of
+RANKER_INTRA_OP_THREADS), all up at once and measured in turn each round with bench/loadgen.py:
+  seq_p50_ms      p50 of sequential requests (one connection): latency at low load
+  rps_4conn       throughput with 4 keep-alive connections (closed loop)
 Prints medians over the runs and writes bench/results/ab_rank.json.
 
-    python bench/ab_rank.py main HEAD [--rounds 5] [--sizes 100,500,1000] [--repeat 200]
+    python bench/ab_rank.py main . [--rounds 5] [--sizes 100,500,1000] [--repeat 200]
+    python bench/ab_rank.py main . --http [--threads 0,1] [--http-size 500] [--seconds 5]
 
 A revision is exported with `git archive`, and its `service` package is imported from there; "."
 is the working tree. Parsing is the route's at that revision: service.jsonbody.loads where it
@@ -20,6 +25,7 @@ exists, else json.loads (FastAPI's reader), then the schema's validation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, make_request, print_table, write_result  # noqa: E402
+from common import ROOT, make_request, print_table, served, write_result  # noqa: E402
 
 
 def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
@@ -105,6 +111,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sizes", default="100,500,1000")
     p.add_argument("--repeat", type=int, default=200)
+    p.add_argument("--http", action="store_true", help="also compare ranker-serve processes over loopback")
+    p.add_argument("--threads", default="0,1", help="RANKER_INTRA_OP_THREADS values to serve with (--http)")
+    p.add_argument("--http-size", type=int, default=500)
+    p.add_argument("--seconds", type=float, default=5.0, help="per loadgen measurement (--http)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -113,6 +123,7 @@ def main() -> None:
         return
 
     runs: dict[str, list[dict]] = {rev: [] for rev in args.revs}
+    http: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {rev: export(rev, Path(tmp)) for rev in args.revs}
         for r in range(args.rounds):
@@ -123,17 +134,59 @@ def main() -> None:
                 done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tmp)
                 runs[rev].append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(f"round {r + 1} {rev}: load {runs[rev][-1]['load_average_1m']:.2f}", flush=True)
+        if args.http:
+            http = compare_http(args, trees, Path(tmp))
 
     keys = ("bare_p50_ms", "service_p50_ms", "ratio", "python_cpu_ms")
     medians = {rev: {str(n): {k: statistics.median(run[str(n)][k] for run in rs) for k in keys} for n in sizes}
                for rev, rs in runs.items()}  # fmt: skip
     loads = [run["load_average_1m"] for rs in runs.values() for run in rs]
-    print(f"\nmedians over {args.rounds} alternated runs; load average {min(loads):.2f}-{max(loads):.2f}")
+    print(f"\nin process: medians over {args.rounds} alternated runs; load average {min(loads):.2f}-{max(loads):.2f}")
     print_table(["cands", "revision", "bare ORT", "service", "ratio", "Python CPU"],
                 [[n, rev, *(medians[rev][str(n)][k] for k in keys)] for n in sizes for rev in args.revs])  # fmt: skip
-    path = write_result("ab_rank", {"revisions": {rev: _describe(rev) for rev in args.revs}, "rounds": args.rounds,
-                                    "repeat": args.repeat, "medians": medians, "runs": runs})  # fmt: skip
+    result = {"revisions": {rev: _describe(rev) for rev in args.revs}, "rounds": args.rounds, "repeat": args.repeat,
+              "medians": medians, "runs": runs}  # fmt: skip
+    if http:
+        http_medians = {name: {k: statistics.median(run[k] for run in rs) for k in ("seq_p50_ms", "rps_4conn")}
+                        for name, rs in http.items()}  # fmt: skip
+        loads = [run["load_average_1m"] for rs in http.values() for run in rs]
+        print(f"\nHTTP, {args.http_size} candidates: medians over {args.rounds} rounds; load average "
+              f"{min(loads):.2f}-{max(loads):.2f}")  # fmt: skip
+        print_table(["server", "sequential p50 ms", "req/s, 4 connections"],
+                    [[name, m["seq_p50_ms"], m["rps_4conn"]] for name, m in http_medians.items()])  # fmt: skip
+        result["http"] = {"candidates": args.http_size, "seconds": args.seconds, "medians": http_medians, "runs": http}
+    path = write_result("ab_rank", result)
     print(f"\nwrote {path}")
+
+
+def compare_http(args, trees: dict[str, Path], tmp: Path) -> dict[str, list[dict]]:
+    """Every (revision, threads) server up at once; each round measures them one after another."""
+    body = tmp / "body.json"
+    body.write_bytes(make_request(args.http_size, args.features))
+    runs: dict[str, list[dict]] = {}
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for rev, tree in trees.items():
+            for threads in args.threads.split(","):
+                env = {"PYTHONPATH": str(tree), "RANKER_FEATURES_DIR": str(args.features), "RANKER_WATCH": "off",
+                       "RANKER_INTRA_OP_THREADS": threads}  # fmt: skip
+                urls[f"{rev} threads={threads}"] = stack.enter_context(served(args.models, env))[0] + "/v1/rank"
+        for r in range(args.rounds):
+            for name, url in urls.items():
+                load = os.getloadavg()[0]
+                seq = loadgen(url, body, 1, args.seconds)
+                conc = loadgen(url, body, 4, args.seconds)
+                runs.setdefault(name, []).append({"load_average_1m": load, "seq_p50_ms": seq["p50_ms"],
+                                                  "rps_4conn": conc["throughput_rps"]})  # fmt: skip
+                print(f"round {r + 1} {name}: load {load:.2f}, sequential p50 {seq['p50_ms']:.2f} ms, "
+                      f"{conc['throughput_rps']:.0f} req/s", flush=True)  # fmt: skip
+    return runs
+
+
+def loadgen(url: str, body: Path, connections: int, seconds: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).parent / "loadgen.py"), "--url", url, "--body", str(body),
+           "--seconds", str(seconds), "--warmup", "1", "closed", "--connections", str(connections)]  # fmt: skip
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
 def _describe(rev: str) -> str:
