@@ -25,12 +25,12 @@ def distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-class LogitsModule(nn.Module):
-    """model.logits as forward, so DistributedDataParallel's gradient hooks see the training path."""
+class TrainingStep(nn.Module):
+    """model.training_outputs as forward, so DistributedDataParallel's gradient hooks see the training path."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(sparse_ids, dense)  # (K, B)
+    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.model.training_outputs(sparse_ids, dense)  # (K, B) logits, penalty inputs

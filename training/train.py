@@ -26,9 +26,9 @@ from tqdm import tqdm
 from service.features import Encoded, FeatureTransform, fit_dense
 from service.modelspec import FeatureSpec
 from training.data import Dataset
-from training.distributed import LogitsModule, distributed_context
+from training.distributed import TrainingStep, distributed_context
 from training.evaluate import gate_utilisation, predict, task_metrics
-from training.losses import epoch_task_weights, masked_task_losses
+from training.losses import epoch_task_weights, masked_task_losses, subspace_orthogonality
 from training.models import MultiTaskModel, build_model
 
 
@@ -177,7 +177,7 @@ def fit(
     enc = {"val": encode(transform, val), "test": encode(transform, test)}
     model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
     rank, world = distributed_context()
-    step_model: nn.Module = LogitsModule(model)
+    step_model: nn.Module = TrainingStep(model)
     if world > 1:
         step_model = DistributedDataParallel(step_model)
         log(f"rank {rank}/{world}: data-parallel, {config.batch_size} rows per process and step")
@@ -186,19 +186,25 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     w0 = epoch_task_weights(dataset.tasks, 0, config.loss_w0, {})
+    penalty_weight = model.penalty_weight()  # sluice's subspace orthogonality; 0 for other families
     history: list[dict[str, float]] = []
     best = (float("inf"), -1, None)  # validation loss, epoch, weights
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
         weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma)
-        total, steps = torch.zeros(len(dataset.tasks)), 0
+        total, penalty_total, steps = torch.zeros(len(dataset.tasks)), torch.zeros(()), 0
         bar = tqdm(epoch_batches(epoch, generator), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    file=sys.stderr, leave=False,
                    disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
         for sparse, dense, labels, masks in bar:
-            per_task = masked_task_losses(step_model(sparse, dense), labels, masks, dataset.tasks)
+            logits, subspaces = step_model(sparse, dense)
+            per_task = masked_task_losses(logits, labels, masks, dataset.tasks)
             loss = (weights * per_task).sum()
+            if penalty_weight:
+                penalty = penalty_weight * subspace_orthogonality(subspaces)
+                loss = loss + penalty
+                penalty_total += penalty.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -211,9 +217,10 @@ def fit(
         history.append({"epoch": epoch, "val_loss": val_loss,
                         **{f"w_{t.name}": float(weights[k]) for k, t in enumerate(dataset.tasks)},
                         **{f"loss_{t.name}": float(total[k] / steps) for k, t in enumerate(dataset.tasks)},
+                        **({"loss_orthogonality": float(penalty_total / steps)} if penalty_weight else {}),
                         **{f"val_{t}_{m}": v for t, ms in val_metrics.items() for m, v in ms.items() if m in ("auc", "mse")}})  # fmt: skip
         summary = " ".join(f"{t}:{m.get('auc', m.get('mse', float('nan'))):.4f}" for t, m in val_metrics.items())
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {float((weights * total).sum() / steps):.4f}  "
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {float(((weights * total).sum() + penalty_total) / steps):.4f}  "
             f"val loss {val_loss:.4f}  val {summary}")  # fmt: skip
         if val_loss < best[0]:
             best = (val_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
