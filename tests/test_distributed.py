@@ -1,4 +1,5 @@
-"""torchrun data-parallel training on 2 CPU processes (gloo) gives one normal version folder."""
+"""torchrun data-parallel training on 2 CPU processes (gloo) gives one normal version folder; the
+training device (--device) and the process group's backend follow the hardware."""
 
 import re
 import subprocess
@@ -6,8 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from service.modelspec import ModelSpec
+from training import cli
+from training.distributed import backend_for, resolve_device
 
 BIN = Path(sys.executable).parent
 
@@ -33,3 +37,32 @@ def test_torchrun_two_processes_train_one_model_in_step_and_rank_0_exports(tmp_p
     assert sorted(p.name for p in (tmp_path / "mmoe").iterdir()) == ["1"]
     spec = ModelSpec.model_validate_json((folder / "model.json").read_text())
     assert spec.metrics["training"]["world_size"] == 2.0
+
+
+def test_device_auto_trains_on_the_cpu_without_cuda_and_cuda_is_refused_with_exit_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    assert backend_for(torch.device("cpu")) == "gloo"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    small = ["--data", "synthetic", "--set", "data.synthetic.n=400", "--set", "data.synthetic.d=4", "--model", "mmoe",
+             "--set", "model.expert_hidden=[4]", "--epochs", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert cli.main(["--device", "cuda", *small]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "no CUDA GPU" in err and not (tmp_path / "mmoe").exists()
+    assert cli.main(["--device", "cpu", *small]) == 0
+    out = capsys.readouterr()
+    assert "training on cpu" in out.err and out.out.strip().splitlines()[-1] == str(tmp_path / "mmoe" / "1")
+
+
+def test_a_cuda_process_takes_the_gpu_of_its_local_rank_and_nccl(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)] * 2 and backend_for(torch.device("cuda", 1)) == "nccl"
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ValueError, match="LOCAL_RANK 2, but only 2"):
+        resolve_device("cuda")

@@ -5,7 +5,9 @@ After each epoch the validation loss (the masked task losses weighted by w_k0) d
 stopping; the weights of the best epoch are the ones kept and exported. Runs are seeded: the same
 seed, data and thread count give the same model. The loop is fed by an `EpochBatches` source:
 the encoded data set in memory (`run_training`) or a Parquet file read chunk by chunk
-(`run_parquet_training`). Under torchrun it runs data-parallel (training/distributed.py).
+(`run_parquet_training`). It trains on `device` (auto: CUDA when there is a GPU); per-epoch
+validation runs there too, then the kept model goes back to the CPU for the final metrics and the
+export. Under torchrun it runs data-parallel (training/distributed.py).
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from service.features import Encoded, FeatureTransform, fit_dense
 from service.modelspec import FeatureSpec
 from training.data import Dataset
-from training.distributed import TrainingStep, distributed_context
-from training.evaluate import gate_utilisation, predict, task_metrics
+from training.distributed import TrainingStep, data_parallel, distributed_context, resolve_device
+from training.evaluate import gate_utilisation, on_model_device, predict, task_metrics
 from training.losses import epoch_task_weights, masked_task_losses, subspace_orthogonality
 from training.models import MultiTaskModel, build_model
 
@@ -42,6 +43,7 @@ class TrainConfig:
     split_seed: int | None = None  # None: the data set's own seed (its documented split), else 0
     patience: int = 0  # stop after this many epochs without a better validation loss; 0 = never
     progress: bool | None = None  # a tqdm bar per epoch; None = only on a terminal
+    device: str = "auto"  # auto | cpu | cuda (auto: cuda when torch sees a GPU)
     loss_w0: dict[str, float] = field(default_factory=dict)  # w_k0 per task (default 1)
     loss_gamma: dict[str, float] = field(default_factory=dict)  # gamma_k per task (default 1)
 
@@ -78,12 +80,9 @@ def validation_loss(model: MultiTaskModel, enc: Encoded, data: Dataset, w0: torc
     sums, counts = torch.zeros(len(data.tasks)), torch.zeros(len(data.tasks))
     for i in range(0, len(data), batch):
         sl = slice(i, i + batch)
-        masks = torch.from_numpy(data.masks[sl])
-        per_task = masked_task_losses(
-            model.logits(torch.from_numpy(enc.sparse_ids[sl]), torch.from_numpy(enc.dense[sl])),
-            torch.from_numpy(data.labels[sl]), masks, data.tasks,
-        )  # fmt: skip
-        n = masks.sum(0).float()
+        sparse, dense, labels, masks = on_model_device(model, enc.sparse_ids[sl], enc.dense[sl], data.labels[sl], data.masks[sl])
+        per_task = masked_task_losses(model.logits(sparse, dense), labels, masks, data.tasks).cpu()
+        n = masks.sum(0).float().cpu()
         sums += per_task * n
         counts += n
     return float((w0 * sums / counts.clamp(min=1.0)).sum())
@@ -122,7 +121,7 @@ def run_training(
     features = fit_features(train)
     transform = FeatureTransform(features)
     enc_train = encode(transform, train)
-    rank, world = distributed_context()
+    rank, world = distributed_context(resolve_device(config.device))
     log(f"{family}: {len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")
     return fit(dataset, family, features, in_memory_batches(enc_train, train, config.batch_size, rank, world),
                val, test, len(train), config, model_config, log)  # fmt: skip
@@ -144,7 +143,7 @@ def run_parquet_training(
     stream = ParquetStream(path, chunk_rows, split_seed, max_eval_rows)
     features, val, test, n_train = stream.prepare()
     transform = FeatureTransform(features)
-    rank, world = distributed_context()
+    rank, world = distributed_context(resolve_device(config.device))
     log(f"{family}: streaming {stream.n_rows} rows from {path} in chunks of {chunk_rows}: {n_train} train / "
         f"{len(val)} validation / {len(test)} test rows held out (split seed {split_seed})")  # fmt: skip
 
@@ -175,13 +174,14 @@ def fit(
     torch.manual_seed(config.seed)
     transform = FeatureTransform(features)
     enc = {"val": encode(transform, val), "test": encode(transform, test)}
-    model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
-    rank, world = distributed_context()
+    device = resolve_device(config.device)
+    model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config).to(device)
+    rank, world = distributed_context(device)
     step_model: nn.Module = TrainingStep(model)
     if world > 1:
-        step_model = DistributedDataParallel(step_model)
+        step_model = data_parallel(step_model, device)
         log(f"rank {rank}/{world}: data-parallel, {config.batch_size} rows per process and step")
-    log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters, training on {device}")
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -192,12 +192,13 @@ def fit(
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
-        weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma)
-        total, penalty_total, steps = torch.zeros(len(dataset.tasks)), torch.zeros(()), 0
+        weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma).to(device)
+        total, penalty_total, steps = torch.zeros(len(dataset.tasks), device=device), torch.zeros((), device=device), 0
         bar = tqdm(epoch_batches(epoch, generator), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    file=sys.stderr, leave=False,
                    disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
-        for sparse, dense, labels, masks in bar:
+        for batch in bar:
+            sparse, dense, labels, masks = (t.to(device, non_blocking=True) for t in batch)
             logits, subspaces = step_model(sparse, dense)
             per_task = masked_task_losses(logits, labels, masks, dataset.tasks)
             loss = (weights * per_task).sum()
@@ -228,6 +229,7 @@ def fit(
             log(f"early stop: no better validation loss for {config.patience} epoch(s); keeping epoch {best[1] + 1}")
             break
     seconds = time.perf_counter() - start
+    model.cpu()  # final metrics and the export run on the CPU, as the service's does
     if best[2] is not None:
         model.load_state_dict(best[2])
     model.eval()
