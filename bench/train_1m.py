@@ -51,8 +51,8 @@ def main() -> int:
                *(["--epochs", str(args.epochs)] if args.epochs else []),
                *(["--threads", str(args.threads)] if args.threads else [])]  # fmt: skip
         start = time.perf_counter()
-        run = subprocess.run([str(BIN / cmd[0]), *cmd[1:], "--out", f"{tmp}/models", "--features-out", f"{tmp}/features"],
-                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        outputs = ["--out", f"{tmp}/models", "--features-out", f"{tmp}/features"]
+        run = subprocess.run([str(BIN / cmd[0]), *cmd[1:], *outputs], capture_output=True, text=True, cwd=ROOT)
         wall = time.perf_counter() - start
         if run.returncode != 0:
             print(run.stderr, file=sys.stderr)
@@ -67,7 +67,7 @@ def main() -> int:
     figures = {
         "what": f"ranker-train --data videolog --model ple on {args.impressions:,} simulated impressions",
         "command": " ".join(cmd),
-        "machine_summary": f"{host['cores']}-core {host['cpu']}, " + (f"GPU {torch_['gpu']}" if torch_["gpu"] else "no GPU"),
+        "machine_summary": f"{host['cores']}-core {host['cpu']}, {'GPU ' + torch_['gpu'] if torch_['gpu'] else 'no GPU'}",
         "torch": torch_,
         "rows": metrics["data"]["rows"],
         "epochs_run": training["epochs"],
@@ -76,7 +76,8 @@ def main() -> int:
         "training_seconds": round(training["seconds"], 1),  # the epochs, with their validation passes
         "training_samples_per_second": round(training["samples_per_second"]),
         "metrics": per_task,
-        "history": [{k: v for k, v in h.items() if k == "epoch" or k.startswith(("loss_", "val_"))} for h in metrics["history"]],
+        "history": [{k: v for k, v in h.items() if k == "epoch" or k.startswith(("loss_", "val_"))}
+                    for h in metrics["history"]],
         "uptime_before": uptime_before,
         "uptime_after": uptime_after,
         "note": args.note,

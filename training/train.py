@@ -80,7 +80,8 @@ def validation_loss(model: MultiTaskModel, enc: Encoded, data: Dataset, w0: torc
     sums, counts = torch.zeros(len(data.tasks)), torch.zeros(len(data.tasks))
     for i in range(0, len(data), batch):
         sl = slice(i, i + batch)
-        sparse, dense, labels, masks = on_model_device(model, enc.sparse_ids[sl], enc.dense[sl], data.labels[sl], data.masks[sl])
+        rows = (enc.sparse_ids[sl], enc.dense[sl], data.labels[sl], data.masks[sl])
+        sparse, dense, labels, masks = on_model_device(model, *rows)
         per_task = masked_task_losses(model.logits(sparse, dense), labels, masks, data.tasks).cpu()
         n = masks.sum(0).float().cpu()
         sums += per_task * n

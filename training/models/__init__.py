@@ -123,7 +123,9 @@ class MultiTaskModel(nn.Module):
         h, _ = self.encode(sparse_ids, dense)
         return self.towers(h)  # (K, B)
 
-    def training_outputs(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def training_outputs(
+        self, sparse_ids: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(K, B) logits and what the training penalties read: each sluice layer's subspaces
         (K, B, S, w/S), empty for the other families. Only the trainer calls this, so nothing of
         the penalty reaches the exported graph."""
