@@ -44,6 +44,10 @@ class TrainConfig:
     progress: bool | None = None  # a tqdm bar per epoch; None = only on a terminal
     loss_w0: dict[str, float] = field(default_factory=dict)  # w_k0 per task (default 1)
     loss_gamma: dict[str, float] = field(default_factory=dict)  # gamma_k per task (default 1)
+    # False: the naive loss over every sample, labels outside a task's sample space counting as 0
+    # (e.g. "no share" for an impression never clicked). Only for the ablation of reports/; the
+    # validation loss and all metrics stay inside each task's own sample space.
+    sample_space_loss: bool = True
 
 
 @dataclass
@@ -197,6 +201,8 @@ def fit(
                    file=sys.stderr, leave=False,
                    disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
         for sparse, dense, labels, masks in bar:
+            if not config.sample_space_loss:
+                masks = torch.ones_like(masks)
             per_task = masked_task_losses(step_model(sparse, dense), labels, masks, dataset.tasks)
             loss = (weights * per_task).sum()
             optimizer.zero_grad(set_to_none=True)
