@@ -46,6 +46,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda (auto: cuda when torch sees a GPU)
     loss_w0: dict[str, float] = field(default_factory=dict)  # w_k0 per task (default 1)
     loss_gamma: dict[str, float] = field(default_factory=dict)  # gamma_k per task (default 1)
+    # False: the naive loss over every sample, labels outside a task's sample space counting as 0
+    # (e.g. "no share" for an impression never clicked). Only for the ablation of reports/; the
+    # validation loss and all metrics stay inside each task's own sample space.
+    sample_space_loss: bool = True
 
 
 @dataclass
@@ -200,6 +204,8 @@ def fit(
                    disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
         for batch in bar:
             sparse, dense, labels, masks = (t.to(device, non_blocking=True) for t in batch)
+            if not config.sample_space_loss:
+                masks = torch.ones_like(masks)
             logits, subspaces = step_model(sparse, dense)
             per_task = masked_task_losses(logits, labels, masks, dataset.tasks)
             loss = (weights * per_task).sum()
