@@ -114,6 +114,8 @@ def load_version(path: Path, settings: Settings) -> ModelVersion:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             batch_buckets=settings.batch_buckets,
+            io_binding=settings.io_binding,
+            cuda_graph=settings.cuda_graph,
         )
     except Exception as exc:  # ORT raises several types for a broken graph
         raise LoadError(f"ONNX Runtime cannot open model.onnx: {exc}") from None
@@ -265,7 +267,7 @@ class Registry:
             entry.handle, entry.state, entry.since = handle, "ready", time.time()
             self.metrics.model_loads.labels(name, "ok").inc()
             self.metrics.model_load_seconds.labels(name).observe(handle.load_seconds)
-            log.info("model %s/%s ready on %s in %.3fs", name, version, handle.engine.provider, handle.load_seconds)
+            log.info("model %s/%s ready on %s in %.3fs", name, version, handle.engine.describe(), handle.load_seconds)
             return entry
 
     # ---- routing ----
@@ -433,8 +435,9 @@ class Registry:
                        "traffic_share": weights.get(version, 0.0)}  # fmt: skip
                 if entry.handle is not None:
                     spec = entry.handle.spec
-                    row.update(family=spec.family, provider=entry.handle.engine.provider,
-                               tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
+                    engine = entry.handle.engine.describe()
+                    row.update(family=spec.family, provider=engine["provider"], io_binding=engine["io_binding"],
+                               cuda_graph=engine["cuda_graph"], tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
                                load_seconds=round(entry.handle.load_seconds, 4))  # fmt: skip
                 if entry.reason:
                     row["reason"] = entry.reason

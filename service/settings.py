@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(1, ge=0)
     # On CUDA, batches are padded up to one of these sizes so shapes repeat (and warm up once each).
     batch_buckets: list[int] = Field(default_factory=lambda: [16, 64, 256, 1024, 4096])
+    # IO binding: each bucket's inputs/outputs preallocated on the device and bound once. auto = on CUDA only.
+    io_binding: Literal["auto", "on", "off"] = "auto"
+    # One CUDA graph per bucket (needs IO binding, which it turns on); ignored on CPU.
+    cuda_graph: bool = False
 
     # Request limits: past them a 413 (body) or 422 (counts) names what was too large.
     max_candidates: int = Field(2000, ge=1)

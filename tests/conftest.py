@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from training.data import videolog
+from training.data import Dataset, videolog
+from training.data.stream import write_parquet
 from training.export import write_version
 from training.models.ple import PLEConfig
 from training.train import TrainConfig, TrainResult, run_training
@@ -42,6 +43,21 @@ def trained(tmp_path_factory) -> Trained:
                           model_config=SMALL_PLE, log=lambda _: None)  # fmt: skip
     version_dir = write_version(result, root / "models", "ple")
     return Trained(result, log, root / "models", features_dir, version_dir)
+
+
+@pytest.fixture(scope="session")
+def parquet_log(tmp_path_factory) -> tuple[Dataset, Path]:
+    """A small simulated log and the same rows as a Parquet file in the streaming layout."""
+    data = videolog.to_dataset(videolog.simulate(videolog.VideoLogConfig(n_users=80, n_videos=120, n_impressions=5000, seed=2)))
+    path = tmp_path_factory.mktemp("stream") / "log.parquet"
+    write_parquet(data, path, row_group_rows=900)
+    return data, path
+
+
+def stream_args(path: Path) -> list[str]:
+    """ranker-train's arguments for a short CGC run streamed from `path` in chunks of 1000 rows."""
+    return ["--data", "parquet", "--set", f'data.parquet.path="{path}"', "--set", "data.parquet.chunk_rows=1000",
+            "--model", "cgc", "--epochs", "1", "--set", "model.expert_hidden=[8]"]  # fmt: skip
 
 
 def free_port() -> int:

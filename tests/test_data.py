@@ -1,6 +1,7 @@
 """Data sets for --data: generators' defining properties, loaders' row counts and label rates."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from service.features import FeatureTransform
@@ -68,8 +69,13 @@ def test_census_reads_a_slice_for_fast_runs():
     assert len(census.load(nrows=500)) == 500
 
 
-def test_kuairand_rows_label_rates_and_completion_mask():
-    data = kuairand.load()
+@pytest.fixture(scope="module")
+def kuairand_data():
+    return kuairand.load()
+
+
+def test_kuairand_rows_label_rates_and_completion_mask(kuairand_data):
+    data = kuairand_data
     assert len(data) == 41_828
     assert [t.name for t in data.tasks] == ["click", "long_view", "completion", "share", "comment"]
     rates = data.labels.mean(axis=0)
@@ -83,6 +89,35 @@ def test_kuairand_rows_label_rates_and_completion_mask():
     # user features joined for every row (every user of the log is in the user table)
     assert all(v is not None for v in data.columns["user_active_degree"])
     assert data.video_len_column == "video_len"
+
+
+def test_kuairand_joins_every_user_feature_row_by_row_through_the_schema(kuairand_data):
+    data, folder = kuairand_data, data_root() / kuairand.DIRECTORY
+    users = pd.read_csv(folder / kuairand.USER_FILE).set_index("user_id")
+    assert set(kuairand.USER_SPARSE) | set(kuairand.USER_DENSE) == set(users.columns)  # every column joined
+    specs = {f.name: f for f in data.features}
+    for name in kuairand.USER_SPARSE:  # categorical: a vocabulary of the log's values, or hashed when wide
+        assert specs[name].kind == "sparse" and specs[name].source == "user"
+        wide = pd.Series(data.columns[name]).nunique() > kuairand.MAX_VOCABULARY
+        assert (specs[name].vocabulary is None) == wide == (specs[name].buckets is not None)
+    assert specs["onehot_feat3"].buckets and specs["user_active_degree"].vocabulary
+    for name in kuairand.USER_DENSE:  # counts: dense, log1p then standardised
+        assert specs[name].kind == "dense" and specs[name].source == "user" and specs[name].log1p
+    rows = np.random.default_rng(0).choice(len(data), 200, replace=False)
+    table = users.loc[data.columns["user_id"][rows].astype(int)]
+    for name in ("user_active_degree", "fans_user_num_range", "onehot_feat3", "onehot_feat12"):
+        expected = [None if pd.isna(v) else v for v in table[name]]
+        assert list(data.columns[name][rows]) == expected  # the row's own user's value (NaN: missing)
+    np.testing.assert_array_equal(data.columns["register_days"][rows], table["register_days"].to_numpy(float))
+    # the joined values reach the model's input: known categories get a non-zero id
+    enc = FeatureTransform(data.features).encode(len(rows), per_row={k: v[rows] for k, v in data.columns.items()})
+    names = [f.name for f in data.features if f.kind == "sparse"]
+    for name in ("user_active_degree", "onehot_feat1", "register_days_range"):
+        assert (enc.sparse_ids[:, names.index(name)] > 0).all()
+    # the basic video table covers too few of the log's videos to join (documented in the loader)
+    videos = pd.read_csv(folder / "video_features_basic_pure.csv", usecols=["video_id"])
+    assert np.isin(np.unique(data.columns["video_id"].astype(int)), videos["video_id"]).sum() == 113
+    assert not {"author_id", "video_type", "music_id"} & set(data.columns)
 
 
 def test_data_root_follows_the_environment_variable(monkeypatch, tmp_path):

@@ -1,35 +1,95 @@
-"""torchrun data-parallel training on 2 CPU processes (gloo) gives one normal version folder."""
+"""torchrun data-parallel training on 2 CPU processes (gloo) gives one normal version folder; the
+training device (--device) and the process group's backend follow the hardware."""
 
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+import torch
 
 from service.modelspec import ModelSpec
+from service.registry import load_version
+from service.settings import Settings
+from tests.conftest import BIN, stream_args
+from training import cli
+from training.distributed import backend_for, resolve_device
 
-BIN = Path(sys.executable).parent
+
+def torchrun_2_cpus(*args: str) -> subprocess.CompletedProcess:
+    """ranker-train under torchrun with 2 CPU processes (gloo, one thread each); both joined DDP."""
+    run = subprocess.run([BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "training.cli", *map(str, args)],
+                         capture_output=True, text=True, timeout=600, env={"PATH": str(BIN), "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert sorted(re.findall(r"rank (\d)/2: data-parallel", run.stderr)) == ["0", "1"]
+    return run
+
+
+def assert_ranks_in_step(stderr: str, epochs: int) -> None:
+    """Each process trains on its own share (different training losses) but the gradients are
+    averaged, so both hold the same model: identical validation losses every epoch."""
+    lines = re.findall(r"epoch (\d+)/\d+  loss (\S+)  val loss (\S+)", stderr)
+    for e in range(1, epochs + 1):
+        rows = [(loss, val) for epoch, loss, val in lines if epoch == str(e)]
+        assert len(rows) == 2 and rows[0][1] == rows[1][1] and rows[0][0] != rows[1][0]
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_train_one_model_in_step_and_rank_0_exports(tmp_path):
-    run = subprocess.run(
-        [BIN / "torchrun", "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "--data", "synthetic",
-         "--set", "data.synthetic.n=1200", "--set", "data.synthetic.d=6", "--model", "mmoe", "--epochs", "2",
-         "--batch-size", "64", "--set", "model.expert_hidden=[8]", "--out", tmp_path],
-        capture_output=True, text=True, timeout=600, env={"PATH": str(BIN), "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    assert sorted(re.findall(r"rank (\d)/2: data-parallel", run.stderr)) == ["0", "1"]
-    # Each process trains on its own half (different training losses) but the gradients are
-    # averaged, so both hold the same model: identical validation losses every epoch.
-    epochs = re.findall(r"epoch (\d)/2  loss (\S+)  val loss (\S+)", run.stderr)
-    for e in ("1", "2"):
-        rows = [(loss, val) for epoch, loss, val in epochs if epoch == e]
-        assert len(rows) == 2 and rows[0][1] == rows[1][1] and rows[0][0] != rows[1][0]
+    run = torchrun_2_cpus("--data", "synthetic", "--set", "data.synthetic.n=1200", "--set", "data.synthetic.d=6",
+                          "--model", "mmoe", "--epochs", "2", "--batch-size", "64", "--set", "model.expert_hidden=[8]",
+                          "--out", tmp_path)  # fmt: skip
+    assert_ranks_in_step(run.stderr, epochs=2)
     folder = tmp_path / "mmoe" / "1"
     assert run.stdout.strip().splitlines()[-1] == str(folder)
     assert sorted(p.name for p in (tmp_path / "mmoe").iterdir()) == ["1"]
     spec = ModelSpec.model_validate_json((folder / "model.json").read_text())
     assert spec.metrics["training"]["world_size"] == 2.0
+
+
+@pytest.mark.slow
+def test_torchrun_streams_parquet_into_the_same_kind_of_export_as_one_process(parquet_log, tmp_path, capsys):
+    _, path = parquet_log
+    run = torchrun_2_cpus(*stream_args(path), "--batch-size", "128", "--out", tmp_path / "ddp")
+    assert_ranks_in_step(run.stderr, epochs=1)
+    assert sorted(re.findall(r"streaming (\d+) rows", run.stderr)) == ["5000", "5000"]  # every process reads the file
+    assert cli.main([*stream_args(path), "--batch-size", "128", "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    folders = {"ddp": tmp_path / "ddp" / "cgc" / "1", "one": tmp_path / "one" / "cgc" / "1"}
+    assert run.stdout.strip().splitlines()[-1] == str(folders["ddp"])
+    ddp, one = (ModelSpec.model_validate_json((f / "model.json").read_text()) for f in folders.values())
+    # the same contract: family, hyper-parameters, tasks, fitted features, tensors, data and its split
+    same = ("family", "hyperparameters", "tasks", "features", "inputs", "outputs", "scoring", "training_data")
+    assert {k: getattr(ddp, k) for k in same} == {k: getattr(one, k) for k in same}
+    assert (ddp.metrics["training"]["world_size"], one.metrics["training"]["world_size"]) == (2.0, 1.0)
+    assert set(ddp.metrics) == set(one.metrics) and ddp.metrics["test.ctr"]["auc"] > 0.5
+    for folder in folders.values():  # and the service loads and runs both
+        version = load_version(folder, Settings(device="cpu", features_dir=None))
+        assert version.engine.run(version.transform.encode(3).as_inputs())["ctr"].shape == (3,)
+
+def test_device_auto_trains_on_the_cpu_without_cuda_and_cuda_is_refused_with_exit_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    assert backend_for(torch.device("cpu")) == "gloo"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    small = ["--data", "synthetic", "--set", "data.synthetic.n=400", "--set", "data.synthetic.d=4", "--model", "mmoe",
+             "--set", "model.expert_hidden=[4]", "--epochs", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert cli.main(["--device", "cuda", *small]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "no CUDA GPU" in err and not (tmp_path / "mmoe").exists()
+    assert cli.main(["--device", "cpu", *small]) == 0
+    out = capsys.readouterr()
+    assert "training on cpu" in out.err and out.out.strip().splitlines()[-1] == str(tmp_path / "mmoe" / "1")
+
+
+def test_a_cuda_process_takes_the_gpu_of_its_local_rank_and_nccl(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)] * 2 and backend_for(torch.device("cuda", 1)) == "nccl"
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ValueError, match="LOCAL_RANK 2, but only 2"):
+        resolve_device("cuda")

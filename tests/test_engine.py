@@ -1,6 +1,7 @@
 """Provider choice and the engine's batch handling."""
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -45,9 +46,47 @@ def test_padding_buckets_do_not_change_results(trained):
             np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
 
 
+def test_io_binding_gives_the_plain_results_at_every_size(trained):
+    """The bound path (preallocated per-bucket buffers, what CUDA uses) run here on CPU buffers."""
+    onnx_path = str(trained.version_dir / "model.onnx")
+    plain = InferenceEngine(onnx_path, device="cpu")
+    bound = InferenceEngine(onnx_path, device="cpu", batch_buckets=[4, 16], io_binding="on")
+    assert bound.io_binding and sorted(bound.bindings) == [4, 16] and not plain.bindings
+    rng = np.random.default_rng(1)
+    for n in (1, 3, 4, 7, 16, 20):  # below, at and past the buckets (20: a plain run)
+        inputs = {"sparse_ids": rng.integers(0, 2, (n, 10)), "dense": rng.normal(size=(n, 4)).astype(np.float32)}
+        a, b = plain.run(inputs), bound.run(inputs)
+        for k in a:
+            assert b[k].shape == a[k].shape
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
+    # A smaller request after a larger one in the same bucket sees none of the earlier rows.
+    big = {"sparse_ids": np.ones((16, 10), np.int64), "dense": np.full((16, 4), 3.0, np.float32)}
+    small = {"sparse_ids": np.zeros((2, 10), np.int64), "dense": np.zeros((2, 4), np.float32)}
+    bound.run(big)
+    for k, v in bound.run(small).items():
+        np.testing.assert_allclose(v, plain.run(small)[k], rtol=1e-6)
+
+
+def test_io_binding_is_safe_under_concurrent_requests(trained):
+    onnx_path = str(trained.version_dir / "model.onnx")
+    plain = InferenceEngine(onnx_path, device="cpu")
+    bound = InferenceEngine(onnx_path, device="cpu", batch_buckets=[8, 32], io_binding="on")
+    rng = np.random.default_rng(2)
+    batches = [{"sparse_ids": rng.integers(0, 2, (n, 10)), "dense": rng.normal(size=(n, 4)).astype(np.float32)}
+               for n in rng.integers(1, 33, 64)]  # fmt: skip
+    expected = [plain.run(b) for b in batches]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(bound.run, batches))
+    for e, g in zip(expected, got):
+        for k in e:
+            np.testing.assert_allclose(e[k], g[k], rtol=1e-6)
+
+
 def test_the_provider_in_use_is_reported(trained):
     with TestClient(create_app(Settings(models_dir=trained.models_dir, features_dir=None, watch="off"))) as c:
-        assert c.get("/v1/models").json()["models"][0]["provider"] == (CUDA if HAS_CUDA else CPU)
+        listed = c.get("/v1/models").json()["models"][0]
+        assert listed["provider"] == (CUDA if HAS_CUDA else CPU)
+        assert listed["io_binding"] is HAS_CUDA and listed["cuda_graph"] is False  # auto: bound on CUDA only
         one = c.get("/v1/models/ple").json()
         assert one["name"] == "ple" and one["versions"][0]["features"][0]["name"] == "user_id"
         assert one["versions"][0]["video_len_transform"]["kind"] == "log"

@@ -5,18 +5,10 @@ import numpy as np
 import pytest
 
 from service.modelspec import ModelSpec, sha256_file
+from tests.conftest import stream_args
 from training import cli
-from training.data import videolog
-from training.data.stream import ParquetStream, split_of, write_parquet
+from training.data.stream import ParquetStream, split_of
 from training.train import fit_features
-
-
-@pytest.fixture(scope="module")
-def log_file(tmp_path_factory):
-    data = videolog.to_dataset(videolog.simulate(videolog.VideoLogConfig(n_users=80, n_videos=120, n_impressions=5000, seed=2)))
-    path = tmp_path_factory.mktemp("stream") / "log.parquet"
-    write_parquet(data, path, row_group_rows=900)
-    return data, path
 
 
 def test_split_is_seeded_follows_the_fractions_and_ignores_chunking():
@@ -27,8 +19,8 @@ def test_split_is_seeded_follows_the_fractions_and_ignores_chunking():
     assert not np.array_equal(split, split_of(rows, seed=4, fractions=(0.8, 0.1)))
 
 
-def test_chunks_are_bounded_and_round_trip_the_raw_columns(log_file):
-    data, path = log_file
+def test_chunks_are_bounded_and_round_trip_the_raw_columns(parquet_log):
+    data, path = parquet_log
     stream = ParquetStream(path, chunk_rows=700)
     assert stream.n_rows == len(data) and [t.name for t in stream.tasks] == [t.name for t in data.tasks]
     parts = list(stream.chunks())
@@ -40,8 +32,8 @@ def test_chunks_are_bounded_and_round_trip_the_raw_columns(log_file):
     np.testing.assert_array_equal(first.masks, data.masks[: len(first)])
 
 
-def test_one_pass_statistics_and_held_out_rows_match_the_in_memory_split(log_file):
-    data, path = log_file
+def test_one_pass_statistics_and_held_out_rows_match_the_in_memory_split(parquet_log):
+    data, path = parquet_log
     features, val, test, n_train = ParquetStream(path, chunk_rows=700, split_seed=5).prepare()
     split = split_of(np.arange(len(data)), 5, data.split_fractions)
     assert n_train == int((split == 0).sum())
@@ -56,11 +48,9 @@ def test_one_pass_statistics_and_held_out_rows_match_the_in_memory_split(log_fil
     assert len(capped) == 100
 
 
-def test_ranker_train_streams_a_parquet_file_into_a_version_folder(log_file, tmp_path, capsys):
-    _, path = log_file
-    code = cli.main(["--data", "parquet", "--set", f"data.parquet.path={str(path)!r}".replace("'", '"'),
-                     "--set", "data.parquet.chunk_rows=1000", "--model", "cgc", "--epochs", "1",
-                     "--set", "model.expert_hidden=[8]", "--out", str(tmp_path)])  # fmt: skip
+def test_ranker_train_streams_a_parquet_file_into_a_version_folder(parquet_log, tmp_path, capsys):
+    _, path = parquet_log
+    code = cli.main([*stream_args(path), "--out", str(tmp_path)])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert out.out.strip().splitlines()[-1] == str(tmp_path / "cgc" / "1")

@@ -17,6 +17,8 @@ from training import config as run_config
 from training.config import parse_assignment
 from training.data import videolog
 from training.evaluate import mtl_gain
+from training.export import write_version
+from training.losses import subspace_orthogonality
 from training.models import build_model, config_with
 from training.train import TrainConfig, encode, run_training, validation_loss
 
@@ -74,6 +76,29 @@ def test_a_task_with_weight_zero_does_not_train_its_tower(small_log):
     for trained, initial in zip(result.model.towers.mlp.weights, fresh.towers.mlp.weights):
         assert torch.equal(trained[1], initial[1])  # vtr's tower
         assert not torch.equal(trained[0], initial[0])  # ctr's tower trained
+
+
+def test_the_sluice_orthogonality_penalty_joins_the_training_loss_with_its_weight(small_log, tmp_path):
+    def train(weight):
+        config = tiny("sluice", width=16, n_subspaces=2, orthogonality_weight=weight)
+        return run_training(small_log, "sluice", TrainConfig(epochs=2, batch_size=256), config, **QUIET)
+
+    def penalty(result):  # the unweighted penalty of the trained model over all training rows
+        enc = encode(FeatureTransform(result.features), small_log)
+        with torch.no_grad():
+            _, subspaces = result.model.training_outputs(torch.from_numpy(enc.sparse_ids), torch.from_numpy(enc.dense))
+        return float(subspace_orthogonality(subspaces))
+
+    off, weak, strong = train(0.0), train(0.01), train(10.0)
+    assert "loss_orthogonality" not in off.history[0]
+    assert 0 < weak.history[0]["loss_orthogonality"] < strong.history[0]["loss_orthogonality"]
+    assert not torch.equal(off.model.body.layers[0].weights[0], weak.model.body.layers[0].weights[0])
+    assert penalty(strong) < 0.1 * penalty(off)  # a strong weight drives the subspaces towards orthogonal
+    # the penalty stays out of the exported graph: export passes the parity check as usual
+    spec = ModelSpec.model_validate_json((write_version(strong, tmp_path, "sluice") / "model.json").read_text())
+    assert spec.hyperparameters["orthogonality_weight"] == 10.0
+    assert spec.metrics["training"]["parity_max_abs_error"] <= 1e-5
+    assert [o.name for o in spec.outputs] == [t.name for t in small_log.tasks]
 
 
 def test_gate_utilisation_reports_mean_and_std_per_visible_expert(small_log):

@@ -9,6 +9,7 @@ import torch
 
 from service.modelspec import TaskSpec
 from training.export import PARITY_ATOL, export_onnx, max_parity_error
+from training.losses import subspace_orthogonality
 from training.models import FAMILIES, build_model, config_with
 from training.models.adatt import AdaTTConfig, AdaTTLevel
 from training.models.ple import MLMMoEConfig, build_ml_mmoe
@@ -174,6 +175,38 @@ def test_sluice_layer_mixing_beta_weights_each_layer_output():
         for layer, alpha in zip(model.body.layers, model.body.alphas):
             x = model.body._mix_subspaces(layer(x), alpha)
     torch.testing.assert_close(h, x)
+
+
+def test_subspace_orthogonality_is_zero_for_orthogonal_subspaces_and_the_frobenius_norm_otherwise():
+    g = torch.zeros(2, 4, 2, 3)  # (K, B, S, d)
+    g[:, :2, 0] = torch.randn(2, 2, 3)  # subspace 0 active on rows 0-1 only,
+    g[:, 2:, 1] = torch.randn(2, 2, 3)  # subspace 1 on rows 2-3: G_0^T G_1 = 0
+    assert subspace_orthogonality([g, g]) == 0.0
+    assert subspace_orthogonality([]) == 0.0 and subspace_orthogonality([torch.randn(2, 4, 1, 6)]) == 0.0
+
+    g = torch.randn(2, 4, 3, 5)  # three subspaces: every pair counts
+    expected = sum(torch.linalg.matrix_norm(g[k, :, i].T @ g[k, :, j] / 4) ** 2
+                   for k in range(2) for i in range(3) for j in range(i + 1, 3))  # fmt: skip
+    torch.testing.assert_close(subspace_orthogonality([g]), expected)
+    torch.testing.assert_close(subspace_orthogonality([g, 2 * g]), expected * 17)  # layers add up (1 + 2^4)
+
+
+def test_sluice_hands_its_subspaces_to_the_trainer_and_the_penalty_trains_its_layers():
+    model = make("sluice", n_subspaces=2).train()
+    logits, subspaces = model.training_outputs(*inputs(6))
+    torch.testing.assert_close(logits, model.logits(*inputs(6)))
+    assert [tuple(g.shape) for g in subspaces] == [(len(TASKS), 6, 2, 4)] * 2  # width 8 = 2 subspaces of 4
+    x = model.embedding(*inputs(6))
+    torch.testing.assert_close(subspaces[0].flatten(2), model.body.layers[0](x))  # before the alpha mixing
+    penalty = subspace_orthogonality(subspaces)
+    assert penalty > 0
+    penalty.backward()
+    for layer in model.body.layers:  # both layers' columns are pushed towards orthogonal subspaces
+        assert all(w.grad.abs().sum() > 0 for w in layer.weights)
+    assert model.embedding.table.weight.grad.abs().sum() > 0
+    assert model.penalty_weight() == 0.01 and make("sluice", orthogonality_weight=0.0).penalty_weight() == 0.0
+    for family in ("ple", "cross-stitch"):  # no other family has a penalty
+        assert make(family).training_outputs(*inputs(2))[1] == [] and make(family).penalty_weight() == 0.0
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

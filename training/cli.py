@@ -15,6 +15,7 @@ import torch
 
 from training import config as run_config
 from training.data import Dataset, census, data_root, kuairand, synthetic, videolog
+from training.distributed import DEVICES, resolve_device
 from training.evaluate import format_metrics, mtl_gain
 from training.export import write_version
 from training.models import FAMILIES, config_with
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-metrics", type=Path, default=None,
                    help="metrics.json of a single-task run: adds the MTL gain (PLE paper Eq. 11) per task")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help="where to train (default auto: CUDA when torch sees a GPU); evaluation and export run on the CPU")  # fmt: skip
     args = p.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be >= 1")
@@ -58,7 +61,7 @@ def flag_overrides(args: argparse.Namespace) -> dict:
     run = {k: v for k, v in {"data": args.data, "model": args.model, "out": args.out, "name": args.name,
                              "threads": args.threads, "data_dir": args.data_dir}.items() if v is not None}  # fmt: skip
     train = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
-                               "patience": args.patience}.items() if v is not None}  # fmt: skip
+                               "patience": args.patience, "device": args.device}.items() if v is not None}  # fmt: skip
     out: dict = {"run": run, "train": train}
     if args.gate_outputs:
         out["model"] = {"gate_outputs": True}
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown model family {run['model']!r}; known: {sorted(FAMILIES)}")
         model_config = config_with(run["model"], cfg["model"])
         train_config = run_config.train_config(cfg["train"])
+        resolve_device(train_config.device)  # --device cuda without a GPU: say so before loading any data
     except (ValueError, TypeError, OSError) as exc:
         print(f"ranker-train: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
-"""Data-parallel training under torchrun with PyTorch's DistributedDataParallel.
+"""Where training runs: the device, and data-parallel training under torchrun.
 
-Every process builds the same model from the same seed, takes its share of each global batch and
-DDP averages the gradients, so all processes hold the same weights after every step. They all
-evaluate the full validation split and so take the same early-stopping decision; only rank 0
-exports. The backend is gloo: the trainer's tensors live on the CPU.
+`--device auto|cpu|cuda`: auto takes CUDA when this torch build sees a GPU. Under torchrun every
+process builds the same model from the same seed, takes its share of each global batch and
+DistributedDataParallel averages the gradients, so all processes hold the same weights after every
+step. They all evaluate the full validation split and so take the same early-stopping decision;
+only rank 0 exports. On CUDA each process trains on GPU LOCAL_RANK and the backend is NCCL; on
+the CPU it is gloo.
 """
 
 from __future__ import annotations
@@ -14,23 +16,51 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+DEVICES = ("auto", "cpu", "cuda")
 
-def distributed_context() -> tuple[int, int]:
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' -> this process's device; ValueError when CUDA is asked for but absent."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose one of {list(DEVICES)}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device cuda, but torch {torch.__version__} sees no CUDA GPU "
+                         "(a CPU-only build, or no GPU visible); use --device cpu or auto")  # fmt: skip
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # torchrun: one GPU per process on this node
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK {local_rank}, but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)  # NCCL and default CUDA tensors use this process's GPU
+    return device
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def distributed_context(device: torch.device = torch.device("cpu")) -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; joins the process group on first use."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group(backend_for(device))
     return dist.get_rank(), dist.get_world_size()
 
 
-class LogitsModule(nn.Module):
-    """model.logits as forward, so DistributedDataParallel's gradient hooks see the training path."""
+def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over the process group; on CUDA bound to this process's GPU."""
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class TrainingStep(nn.Module):
+    """model.training_outputs as forward, so DistributedDataParallel's gradient hooks see the training path."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(sparse_ids, dense)  # (K, B)
+    def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.model.training_outputs(sparse_ids, dense)  # (K, B) logits, penalty inputs

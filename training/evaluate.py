@@ -11,14 +11,20 @@ from sklearn.metrics import log_loss, roc_auc_score
 from service.modelspec import TaskSpec
 
 
+def on_model_device(model: torch.nn.Module, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Arrays as tensors where the model's weights are (the CPU, or the GPU while it trains there)."""
+    device = next(model.parameters()).device
+    return tuple(torch.from_numpy(a).to(device) for a in arrays)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, sparse: np.ndarray, dense: np.ndarray, batch: int = 8192) -> np.ndarray:
     """Model outputs (probabilities / values) as (N, K)."""
     model.eval()
     parts = []
     for i in range(0, len(sparse), batch):
-        out = model(torch.from_numpy(sparse[i : i + batch]), torch.from_numpy(dense[i : i + batch]))
-        parts.append(torch.stack(out[: len(model.tasks)], dim=1).numpy())  # gate outputs, if any, follow
+        out = model(*on_model_device(model, sparse[i : i + batch], dense[i : i + batch]))
+        parts.append(torch.stack(out[: len(model.tasks)], dim=1).cpu().numpy())  # gate outputs, if any, follow
     return np.concatenate(parts)
 
 

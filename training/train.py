@@ -5,7 +5,9 @@ After each epoch the validation loss (the masked task losses weighted by w_k0) d
 stopping; the weights of the best epoch are the ones kept and exported. Runs are seeded: the same
 seed, data and thread count give the same model. The loop is fed by an `EpochBatches` source:
 the encoded data set in memory (`run_training`) or a Parquet file read chunk by chunk
-(`run_parquet_training`). Under torchrun it runs data-parallel (training/distributed.py).
+(`run_parquet_training`). It trains on `device` (auto: CUDA when there is a GPU); per-epoch
+validation runs there too, then the kept model goes back to the CPU for the final metrics and the
+export. Under torchrun it runs data-parallel (training/distributed.py).
 """
 
 from __future__ import annotations
@@ -20,15 +22,14 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from service.features import Encoded, FeatureTransform, fit_dense
 from service.modelspec import FeatureSpec
 from training.data import Dataset
-from training.distributed import LogitsModule, distributed_context
-from training.evaluate import gate_utilisation, predict, task_metrics
-from training.losses import epoch_task_weights, masked_task_losses
+from training.distributed import TrainingStep, data_parallel, distributed_context, resolve_device
+from training.evaluate import gate_utilisation, on_model_device, predict, task_metrics
+from training.losses import epoch_task_weights, masked_task_losses, subspace_orthogonality
 from training.models import MultiTaskModel, build_model
 
 
@@ -42,8 +43,13 @@ class TrainConfig:
     split_seed: int | None = None  # None: the data set's own seed (its documented split), else 0
     patience: int = 0  # stop after this many epochs without a better validation loss; 0 = never
     progress: bool | None = None  # a tqdm bar per epoch; None = only on a terminal
+    device: str = "auto"  # auto | cpu | cuda (auto: cuda when torch sees a GPU)
     loss_w0: dict[str, float] = field(default_factory=dict)  # w_k0 per task (default 1)
     loss_gamma: dict[str, float] = field(default_factory=dict)  # gamma_k per task (default 1)
+    # False: the naive loss over every sample, labels outside a task's sample space counting as 0
+    # (e.g. "no share" for an impression never clicked). Only for the ablation of reports/; the
+    # validation loss and all metrics stay inside each task's own sample space.
+    sample_space_loss: bool = True
 
 
 @dataclass
@@ -78,12 +84,10 @@ def validation_loss(model: MultiTaskModel, enc: Encoded, data: Dataset, w0: torc
     sums, counts = torch.zeros(len(data.tasks)), torch.zeros(len(data.tasks))
     for i in range(0, len(data), batch):
         sl = slice(i, i + batch)
-        masks = torch.from_numpy(data.masks[sl])
-        per_task = masked_task_losses(
-            model.logits(torch.from_numpy(enc.sparse_ids[sl]), torch.from_numpy(enc.dense[sl])),
-            torch.from_numpy(data.labels[sl]), masks, data.tasks,
-        )  # fmt: skip
-        n = masks.sum(0).float()
+        rows = (enc.sparse_ids[sl], enc.dense[sl], data.labels[sl], data.masks[sl])
+        sparse, dense, labels, masks = on_model_device(model, *rows)
+        per_task = masked_task_losses(model.logits(sparse, dense), labels, masks, data.tasks).cpu()
+        n = masks.sum(0).float().cpu()
         sums += per_task * n
         counts += n
     return float((w0 * sums / counts.clamp(min=1.0)).sum())
@@ -122,7 +126,7 @@ def run_training(
     features = fit_features(train)
     transform = FeatureTransform(features)
     enc_train = encode(transform, train)
-    rank, world = distributed_context()
+    rank, world = distributed_context(resolve_device(config.device))
     log(f"{family}: {len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")
     return fit(dataset, family, features, in_memory_batches(enc_train, train, config.batch_size, rank, world),
                val, test, len(train), config, model_config, log)  # fmt: skip
@@ -144,7 +148,7 @@ def run_parquet_training(
     stream = ParquetStream(path, chunk_rows, split_seed, max_eval_rows)
     features, val, test, n_train = stream.prepare()
     transform = FeatureTransform(features)
-    rank, world = distributed_context()
+    rank, world = distributed_context(resolve_device(config.device))
     log(f"{family}: streaming {stream.n_rows} rows from {path} in chunks of {chunk_rows}: {n_train} train / "
         f"{len(val)} validation / {len(test)} test rows held out (split seed {split_seed})")  # fmt: skip
 
@@ -175,30 +179,40 @@ def fit(
     torch.manual_seed(config.seed)
     transform = FeatureTransform(features)
     enc = {"val": encode(transform, val), "test": encode(transform, test)}
-    model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config)
-    rank, world = distributed_context()
-    step_model: nn.Module = LogitsModule(model)
+    device = resolve_device(config.device)
+    model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config).to(device)
+    rank, world = distributed_context(device)
+    step_model: nn.Module = TrainingStep(model)
     if world > 1:
-        step_model = DistributedDataParallel(step_model)
+        step_model = data_parallel(step_model, device)
         log(f"rank {rank}/{world}: data-parallel, {config.batch_size} rows per process and step")
-    log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters, training on {device}")
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     w0 = epoch_task_weights(dataset.tasks, 0, config.loss_w0, {})
+    penalty_weight = model.penalty_weight()  # sluice's subspace orthogonality; 0 for other families
     history: list[dict[str, float]] = []
     best = (float("inf"), -1, None)  # validation loss, epoch, weights
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
-        weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma)
-        total, steps = torch.zeros(len(dataset.tasks)), 0
+        weights = epoch_task_weights(dataset.tasks, epoch, config.loss_w0, config.loss_gamma).to(device)
+        total, penalty_total, steps = torch.zeros(len(dataset.tasks), device=device), torch.zeros((), device=device), 0
         bar = tqdm(epoch_batches(epoch, generator), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    file=sys.stderr, leave=False,
                    disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
-        for sparse, dense, labels, masks in bar:
-            per_task = masked_task_losses(step_model(sparse, dense), labels, masks, dataset.tasks)
+        for batch in bar:
+            sparse, dense, labels, masks = (t.to(device, non_blocking=True) for t in batch)
+            if not config.sample_space_loss:
+                masks = torch.ones_like(masks)
+            logits, subspaces = step_model(sparse, dense)
+            per_task = masked_task_losses(logits, labels, masks, dataset.tasks)
             loss = (weights * per_task).sum()
+            if penalty_weight:
+                penalty = penalty_weight * subspace_orthogonality(subspaces)
+                loss = loss + penalty
+                penalty_total += penalty.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -211,9 +225,10 @@ def fit(
         history.append({"epoch": epoch, "val_loss": val_loss,
                         **{f"w_{t.name}": float(weights[k]) for k, t in enumerate(dataset.tasks)},
                         **{f"loss_{t.name}": float(total[k] / steps) for k, t in enumerate(dataset.tasks)},
+                        **({"loss_orthogonality": float(penalty_total / steps)} if penalty_weight else {}),
                         **{f"val_{t}_{m}": v for t, ms in val_metrics.items() for m, v in ms.items() if m in ("auc", "mse")}})  # fmt: skip
         summary = " ".join(f"{t}:{m.get('auc', m.get('mse', float('nan'))):.4f}" for t, m in val_metrics.items())
-        log(f"epoch {epoch + 1}/{config.epochs}  loss {float((weights * total).sum() / steps):.4f}  "
+        log(f"epoch {epoch + 1}/{config.epochs}  loss {float(((weights * total).sum() + penalty_total) / steps):.4f}  "
             f"val loss {val_loss:.4f}  val {summary}")  # fmt: skip
         if val_loss < best[0]:
             best = (val_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -221,6 +236,7 @@ def fit(
             log(f"early stop: no better validation loss for {config.patience} epoch(s); keeping epoch {best[1] + 1}")
             break
     seconds = time.perf_counter() - start
+    model.cpu()  # final metrics and the export run on the CPU, as the service's does
     if best[2] is not None:
         model.load_state_dict(best[2])
     model.eval()

@@ -16,9 +16,7 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch_rechub.basic.features import DenseFeature, SparseFeature
-from torch_rechub.models.multi_task import PLE
+from rechub_common import build, inputs, masked_loss
 
 
 def main() -> None:
@@ -34,15 +32,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     d = np.load(args.data, allow_pickle=False)
-    h = json.loads(str(d["hyperparameters"]))
-    sparse_names, dense_names = list(d["sparse_names"]), list(d["dense_names"])
-    features = [SparseFeature(n, vocab_size=int(c), embed_dim=h["embedding_dim"]) for n, c in zip(sparse_names, d["cardinalities"])]
-    features += [DenseFeature(n) for n in dense_names]
+    model, sparse_names, dense_names = build("ple", d)
     binary = [bool(b) for b in d["binary"]]
-    model = PLE(features, task_types=["classification"] * len(binary), n_level=h["n_levels"],
-                n_expert_specific=h["n_task_experts"], n_expert_shared=h["n_shared_experts"],
-                expert_params={"dims": list(h["expert_hidden"])},
-                tower_params_list=[{"dims": list(h["tower_hidden"])}] * len(binary))  # fmt: skip
     n_params = sum(p.numel() for p in model.parameters())
     sparse, dense = torch.from_numpy(d["sparse_ids"]), torch.from_numpy(d["dense"])
     labels, masks = torch.from_numpy(d["labels"]), torch.from_numpy(d["masks"])
@@ -53,19 +44,11 @@ def main() -> None:
     def step(i: int) -> None:
         start = (i * args.batch_size) % max(len(order) - args.batch_size, 1)
         idx = order[start : start + args.batch_size]
-        x = {n: sparse[idx, j] for j, n in enumerate(sparse_names)} | {n: dense[idx, j] for j, n in enumerate(dense_names)}
-        probs = model(x)  # (B, K), sigmoid-ed by rechub's PredictionLayer
-        y, m = labels[idx], masks[idx].float()
-        losses = []
-        for k, is_binary in enumerate(binary):
-            p_k = probs[:, k]
-            loss = F.binary_cross_entropy(p_k, y[:, k], reduction="none") if is_binary else (p_k - y[:, k]) ** 2
-            losses.append((loss * m[:, k]).sum() / m[:, k].sum().clamp(min=1.0))
-        total = torch.stack(losses).sum()
+        probs = model(inputs(sparse[idx], dense[idx], sparse_names, dense_names))  # (B, K), sigmoid-ed by rechub
+        total = masked_loss(probs, labels[idx], masks[idx], binary).sum()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-
     for i in range(args.warmup):
         step(i)
     t = time.perf_counter()

@@ -6,9 +6,10 @@ Tasks, all on every impression (exposures include autoplay, so views exist witho
   click (is_click), long_view, completion ratio play_time / duration clipped to [0, 1]
   (regression; masked where duration_ms is 0, unknown in 18.5 % of rows), share (is_forward),
   comment (is_comment).
-Video length is duration_ms in seconds (missing where 0). User features come from
-user_features_pure.csv; item features are the video id and its length (the basic video table
-covers only 113 of the file's videos, so it is not joined).
+Video length is duration_ms in seconds (missing where 0). Every column of user_features_pure.csv
+is joined by user_id (all of the log's users are in it): ranges, flags and one-hot codes as
+categorical features, the four counts as dense ones. Item features are the video id and its length:
+the basic video table covers only 113 of the file's 9,359 videos, so it is not joined.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ and a list of gate weights (G, B, E) per gated level (empty for ungated families
 The exported module takes the feature transform's two inputs and returns one tensor per task:
 binary tasks as probabilities, regressions in [0, 1] through a sigmoid, others as raw values;
 with `gate_outputs`, each gated level's weights follow as (B, G, E) tensors named `gates_<j>`.
-The loss lives in training/losses.py, so the exported graph has none.
+The loss lives in training/losses.py, so the exported graph has none; `training_outputs` hands the
+trainer what a family's penalty needs (sluice's subspaces) beside the logits.
 """
 
 from __future__ import annotations
@@ -121,6 +122,23 @@ class MultiTaskModel(nn.Module):
         """(B, S) int64, (B, D) float32 -> (K, B) pre-activation outputs."""
         h, _ = self.encode(sparse_ids, dense)
         return self.towers(h)  # (K, B)
+
+    def training_outputs(
+        self, sparse_ids: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(K, B) logits and what the training penalties read: each sluice layer's subspaces
+        (K, B, S, w/S), empty for the other families. Only the trainer calls this, so nothing of
+        the penalty reaches the exported graph."""
+        x = self.embedding(sparse_ids, dense)
+        if hasattr(self.body, "with_subspaces"):
+            h, subspaces = self.body.with_subspaces(x)
+        else:
+            (h, _), subspaces = self.body(x), []
+        return self.towers(h), subspaces  # (K, B), [(K, B, S, w/S)]
+
+    def penalty_weight(self) -> float:
+        """Weight of the subspace orthogonality penalty in the training loss (0 for most families)."""
+        return float(getattr(self.config, "orthogonality_weight", 0.0))
 
     def forward(self, sparse_ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h, gates = self.encode(sparse_ids, dense)

@@ -7,7 +7,8 @@ through learned linear mixing, not input-dependent gates:
 - sluice: each column's layer output is split into `n_subspaces` subspaces, and the alpha of each
   layer mixes all K * n_subspaces of them; a learned beta (K, L) then mixes each column's L layer
   outputs into its tower input ("layer mixing"). Sluice layers share one width so beta can mix them.
-  (The paper's orthogonality penalty between subspaces is not used.)
+  The paper's subspace orthogonality penalty is a training loss (training/losses.py): the body
+  hands each layer's subspaces to the trainer (`with_subspaces`), so the exported graph has none.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class SluiceConfig(BaseConfig):
     n_layers: int = 2
     width: int = 64
     n_subspaces: int = 2
+    # Weight of the subspace orthogonality penalty in the training loss (0: off). The authors'
+    # code leaves it off by default; 0.01 keeps it small beside the task losses (all O(1)).
+    orthogonality_weight: float = 0.01
 
 
 def stitch_init(n: int, self_weight: float = 0.9) -> torch.Tensor:
@@ -82,14 +86,21 @@ class Sluice(nn.Module):
         mixed = torch.matmul(alpha, sub)  # (B, K*S, w/S)
         return mixed.reshape(-1, k, w).transpose(0, 1)  # (K, B, w)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        outputs = []
+    def with_subspaces(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(1, B, d) -> tower input (K, B, w) and each layer's output before the alpha mixing,
+        split into its subspaces (K, B, S, w/S): what the orthogonality penalty reads."""
+        outputs, subspaces = [], []
         for layer, alpha in zip(self.layers, self.alphas):
-            x = self._mix_subspaces(layer(x), alpha)  # (K, B, w)
+            h = layer(x)  # (K, B, w)
+            subspaces.append(h.unflatten(2, (self.n_sub, -1)))  # (K, B, S, w/S)
+            x = self._mix_subspaces(h, alpha)  # (K, B, w)
             outputs.append(x)
         stacked = torch.stack(outputs, dim=1).reshape(self.n_tasks, len(outputs), -1)  # (K, L, B*w)
         mixed = torch.matmul(self.beta, stacked)  # (K, 1, B*w)
-        return mixed.reshape(self.n_tasks, -1, self.width), []  # (K, B, w)
+        return mixed.reshape(self.n_tasks, -1, self.width), subspaces  # (K, B, w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.with_subspaces(x)[0], []
 
 
 def build_cross_stitch(d_in: int, n_tasks: int, config: CrossStitchConfig) -> CrossStitch:

@@ -1,0 +1,101 @@
+"""The experiments package: the whole report path at quick size, the run cache, Eq. 11's sign,
+and the naive-loss switch the loss ablation relies on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from training.data import videolog
+from training.experiments.runner import Outcome, Run, Runner, gain, paired_gains
+from training.train import TrainConfig, encode, run_training
+from service.features import FeatureTransform
+
+EXPERIMENTS = ["synthetic", "census", "kuairand", "utilization", "loss", "levels"]
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    run = subprocess.run([sys.executable, "-m", "training.experiments", "all", "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+def test_all_six_experiments_land_in_one_report_with_their_figures(quick_report):
+    report = (quick_report / "experiments.md").read_text()
+    for n, name in enumerate(EXPERIMENTS, start=1):
+        assert f"## {n}. " in report
+        assert f"python -m training.experiments {name} --quick" in report
+    linked = [line.split("(", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert len(linked) >= 6
+    for link in linked:
+        assert (quick_report / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+    # Every table row has as many cells as its header (a broken table renders as text).
+    for block in report.split("\n\n"):
+        lines = [line for line in block.splitlines() if line.startswith("|")]
+        if lines:
+            assert len({line.count("|") for line in lines}) == 1, block
+
+
+def test_runs_are_kept_and_a_rerun_trains_nothing(quick_report):
+    before = {p.name: p.read_text() for p in (quick_report / "data").glob("*.jsonl")}
+    assert set(before) >= {f"{n}.jsonl" for n in ("synthetic", "census", "kuairand", "loss", "levels", "utilization")}
+    rows = [json.loads(line) for text in before.values() for line in text.splitlines()]
+    assert all(set(r["test"]) and r["seconds"] >= 0 for r in rows)
+    run = subprocess.run([sys.executable, "-m", "training.experiments", "census", "loss", "--quick", "--out", str(quick_report)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {p.name: p.read_text() for p in (quick_report / "data").glob("*.jsonl")} == before
+    assert "seed" not in run.stdout  # a trained run prints "... seed N: metrics"; cached ones print nothing
+
+
+def test_unknown_experiment_is_refused():
+    run = subprocess.run([sys.executable, "-m", "training.experiments", "nope"], capture_output=True, text=True)
+    assert run.returncode == 2 and "unknown experiment" in run.stderr
+
+
+def test_the_runner_resumes_from_its_file(tmp_path):
+    run = Run.of("synthetic", "shared-bottom", 3, data_options={"n": 600, "d": 8, "p": 0.5, "seed": 3}, train={"epochs": 1})
+    first = Runner("t", directory=tmp_path, log=lambda _: None).run(run)
+    again = Runner("t", directory=tmp_path, log=lambda _: None).run(run)
+    assert again.test == first.test and again.seconds == first.seconds
+    assert len((tmp_path / "data" / "t.jsonl").read_text().splitlines()) == 1
+
+
+def outcome(seed: int, **test) -> Outcome:
+    return Outcome(run=Run.of("d", "f", seed), test=test, validation={}, gates={}, seconds=0.0, epochs=1, parameters=1)
+
+
+def test_mtl_gain_is_positive_when_the_model_is_better():
+    single = outcome(0, a={"auc": 0.80}, m={"mse": 0.50})
+    better = outcome(0, a={"auc": 0.85}, m={"mse": 0.40})
+    assert gain(better, single, "a") == pytest.approx(0.05)
+    assert gain(better, single, "m") == pytest.approx(0.10)
+    worse = [outcome(1, a={"auc": 0.70}), outcome(0, a={"auc": 0.79})]
+    singles = [outcome(0, a={"auc": 0.80}), outcome(1, a={"auc": 0.75})]
+    assert paired_gains(worse, singles, "a") == pytest.approx([-0.05, -0.01])  # paired by seed, not by position
+
+
+def test_the_naive_loss_pulls_after_click_predictions_towards_zero():
+    """sample_space_loss=False trains on every impression with labels 0 outside the click space,
+    so the share/comment/view predictions fall; the default keeps them in their own space."""
+    log = videolog.simulate(videolog.VideoLogConfig(n_users=200, n_videos=300, n_impressions=6000, seed=3))
+    data = videolog.to_dataset(log)
+    means = {}
+    for own_space in (True, False):
+        torch.manual_seed(0)
+        result = run_training(data, "shared-bottom", TrainConfig(epochs=3, batch_size=256, sample_space_loss=own_space),
+                              log=lambda _: None)  # fmt: skip
+        enc = encode(FeatureTransform(result.features), data)
+        with torch.no_grad():
+            out = result.model(torch.from_numpy(enc.sparse_ids), torch.from_numpy(enc.dense))
+        means[own_space] = {t.name: float(out[k].mean()) for k, t in enumerate(data.tasks)}
+        assert result.metrics["test"]["vtr"]["samples"] < len(data) * 0.5  # metrics stay in the click space
+    for task in ("vtr", "vcr"):
+        assert means[False][task] < means[True][task] * 0.8, (task, means)

@@ -1,0 +1,63 @@
+"""Experiment 1: MTL gain against task correlation on the MMoE paper's synthetic data (Sec. 3.2),
+as in the PLE paper's Sec. 5.2: for each cosine p of the two tasks' weight vectors, every model's
+test MSE per task and its gain over single-task (paired by seed; the data is regenerated per seed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.experiments import plots
+from training.experiments.context import Context
+from training.experiments.report import gain_cells, metric_cells, pm, seconds, table
+from training.experiments.runner import Run, load_dataset, mean_std, paired_gains
+
+TITLE = "Synthetic data: MTL gain against task correlation"
+FAMILIES = ["single-task", "shared-bottom", "omoe", "mmoe", "cgc", "ple", "adatt"]
+TASKS = ["y1", "y2"]
+
+
+def plan(ctx: Context) -> tuple[list[float], list[str], dict, dict]:
+    if ctx.quick:
+        return [0.0, 1.0], ["single-task", "mmoe", "ple"], {"n": 1500, "d": 20}, {"epochs": 2, "batch_size": 256}
+    return ([0.0, 0.25, 0.5, 0.75, 1.0], FAMILIES, {"n": 12_000, "d": 100},
+            {"epochs": 30, "batch_size": 256, "lr": 1e-3, "patience": 3})  # fmt: skip
+
+
+def run(ctx: Context) -> str:
+    ps, families, data, train = plan(ctx)
+    runner = ctx.runner("synthetic")
+    results = {
+        (p, family): [runner.run(Run.of("synthetic", family, seed, data_options={**data, "p": p, "seed": seed}, train=train))
+                      for seed in ctx.seeds]  # fmt: skip
+        for p in ps
+        for family in families
+    }
+    rows, correlations = [], {}
+    for p in ps:
+        labels = [load_dataset("synthetic", Run.of("synthetic", "", 0, data_options={**data, "p": p, "seed": s}).data_options).labels
+                  for s in ctx.seeds]  # fmt: skip
+        correlations[p] = mean_std(np.corrcoef(y[:, 0], y[:, 1])[0, 1] for y in labels)
+        singles = results[(p, "single-task")]
+        for family in families:
+            cells = gain_cells(results[(p, family)], singles, TASKS) if family != "single-task" else ["", ""]
+            rows.append([f"{p:g}", family, *metric_cells(results[(p, family)], TASKS), *cells])
+    mtl = [f for f in families if f != "single-task"]
+    series = {}
+    for family in mtl:
+        per_p = [np.mean([paired_gains(results[(p, family)], results[(p, "single-task")], t) for t in TASKS], axis=0)
+                 for p in ps]  # the two tasks' mean gain, per seed  # fmt: skip
+        series[family] = ([float(np.mean(g)) for g in per_p], [float(np.std(g, ddof=1)) if len(g) > 1 else 0.0 for g in per_p])
+    figure = plots.lines_with_bands(
+        ps, series, title="Synthetic data: MTL gain vs task correlation (mean of both tasks, ± std over seeds)",
+        xlabel="p = cos(w1, w2)", ylabel="MTL gain (single-task MSE - model MSE)", path=ctx.figure("synthetic_gain"),
+    )  # fmt: skip
+    all_runs = [o for runs in results.values() for o in runs]
+    return "\n\n".join([
+        f"Data: `training.data.synthetic`, {data} (the rest as the MMoE paper: c = 1, m = 10 sinusoids, noise "
+        f"variance 0.01), regenerated for each seed {list(ctx.seeds)}; split 60/20/20. Training: {train}, "
+        f"each family's default sizes. MSE on the test split, mean ± std over seeds; MTL gain = single-task MSE "
+        f"- model MSE of the same seed (PLE paper Eq. 11), so positive is better. {seconds(all_runs)}.",
+        table(["p", "Pearson corr(y1, y2)"], [[f"{p:g}", pm(*correlations[p], 3)] for p in ps]),
+        table(["p", "model", "y1 MSE", "y2 MSE", "gain y1", "gain y2"], rows),
+        ctx.link(figure),
+    ])  # fmt: skip
