@@ -158,6 +158,7 @@ def main() -> None:
     path = write_result("rank_latency", {"model": str(version.relative_to(ROOT) if version.is_relative_to(ROOT) else version),
                                          "model_json": json.loads((version / "model.json").read_text())["hyperparameters"],
                                          "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
+                                         "intra_op_threads": Settings().intra_op_threads,
                                          "bare_ort": bare, "in_process": service, "http": http})  # fmt: skip
     print(f"\nwrote {path}")
 
