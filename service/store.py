@@ -38,7 +38,7 @@ class Fetched:
 
     @property
     def misses(self) -> int:
-        return (self.user is None) + sum(item is None for item in self.items)
+        return (self.user is None) + self.items.count(None)
 
 
 class FeatureStore(Protocol):
