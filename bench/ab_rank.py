@@ -2,9 +2,9 @@
 
 On a shared machine, timings move with the neighbours' load; runs of the two revisions alternate
 (A, B, A, B, ...) so that both see the same conditions, and each run times bare session.run and
-the service path call after call. Per run and size it records:
+the service path in alternating blocks of 10 calls. Per run and size it records:
   bare_p50_ms     session.run on the batch the service builds
-  service_p50_ms  parse + rank + JSON encode (wall), alternated with the bare call
+  service_p50_ms  parse + rank + JSON encode (wall)
   ratio           service_p50_ms / bare_p50_ms
   python_cpu_ms   the same path with inference answered from a cache, in CPU time of the thread:
                   the Python around the model, which preemption by other processes barely moves
@@ -38,6 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, make_request, print_table, served, write_result  # noqa: E402
 
+BLOCK = 10
+
 
 def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
     import orjson
@@ -69,15 +71,17 @@ def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
             mv.engine.run = engine_run
             inputs = seen["inputs"]
             bare, service = [], []
-            for i in range(repeat + 20):
-                t0 = time.perf_counter()
-                mv.engine.session.run(None, inputs)
-                t1 = time.perf_counter()
-                serve(body)
-                t2 = time.perf_counter()
-                if i >= 20:
-                    bare.append(t1 - t0)
-                    service.append(t2 - t1)
+            for block in range(-2, -(-repeat // BLOCK)):  # blocks -2 and -1 warm up
+                for _ in range(BLOCK):
+                    t0 = time.perf_counter()
+                    mv.engine.session.run(None, inputs)
+                    if block >= 0:
+                        bare.append(time.perf_counter() - t0)
+                for _ in range(BLOCK):
+                    t0 = time.perf_counter()
+                    serve(body)
+                    if block >= 0:
+                        service.append(time.perf_counter() - t0)
             cached = engine_run(inputs)
             mv.engine.run = lambda _inputs: cached
             cpu = []
