@@ -21,21 +21,23 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def lines_with_bands(
+def lines_with_errors(
     x: Sequence[float], series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str, xlabel: str,
     ylabel: str, path: Path, zero_line: bool = True,
 ) -> Path:  # fmt: skip
-    """One line per series (mean) with a ± std band: e.g. MTL gain against task correlation."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, (mean, std) in series.items():
-        line = ax.plot(x, mean, marker="o", label=name)[0]
-        ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        color=line.get_color(), alpha=0.15)  # fmt: skip
+    """One line per series (mean) with ± std error bars, each series nudged sideways so the bars
+    stay readable: e.g. MTL gain against task correlation."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    step = (max(x) - min(x)) / max(len(x) - 1, 1) if len(x) > 1 else 1.0
+    for i, (name, (mean, std)) in enumerate(series.items()):
+        shift = (i - (len(series) - 1) / 2) * step * 0.03
+        ax.errorbar([v + shift for v in x], mean, yerr=std, marker="o", capsize=3, label=name)
     if zero_line:
         ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=3)
     return _save(fig, path)
 
 
@@ -82,11 +84,11 @@ def bar_chart(
     path: Path,
 ) -> Path:  # fmt: skip
     """Side-by-side bars: one group per label, one bar per series, std as error bars."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * len(series)), 4))
+    fig, ax = plt.subplots(figsize=(min(13, max(6, 0.6 * len(labels) * len(series))), 4))
     width = 0.8 / max(len(series), 1)
     for i, (name, (mean, std)) in enumerate(series.items()):
         ax.bar([j + i * width for j in range(len(labels))], mean, width, yerr=std, capsize=2, label=name)
-    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels, rotation=30, ha="right")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set(title=title, ylabel=ylabel)
     ax.grid(axis="y", alpha=0.3)

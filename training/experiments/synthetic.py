@@ -20,7 +20,7 @@ def plan(ctx: Context) -> tuple[list[float], list[str], dict, dict]:
     if ctx.quick:
         return [0.0, 1.0], ["single-task", "mmoe", "ple"], {"n": 1500, "d": 20}, {"epochs": 2, "batch_size": 256}
     return ([0.0, 0.25, 0.5, 0.75, 1.0], FAMILIES, {"n": 12_000, "d": 100},
-            {"epochs": 30, "batch_size": 256, "lr": 1e-3, "patience": 3})  # fmt: skip
+            {"epochs": 60, "batch_size": 256, "lr": 1e-3, "patience": 5})  # fmt: skip
 
 
 def run(ctx: Context) -> str:
@@ -47,8 +47,8 @@ def run(ctx: Context) -> str:
         per_p = [np.mean([paired_gains(results[(p, family)], results[(p, "single-task")], t) for t in TASKS], axis=0)
                  for p in ps]  # the two tasks' mean gain, per seed  # fmt: skip
         series[family] = ([float(np.mean(g)) for g in per_p], [float(np.std(g, ddof=1)) if len(g) > 1 else 0.0 for g in per_p])
-    figure = plots.lines_with_bands(
-        ps, series, title="Synthetic data: MTL gain vs task correlation (mean of both tasks, ± std over seeds)",
+    figure = plots.lines_with_errors(
+        ps, series, title="Synthetic data: MTL gain vs task correlation\n(mean of the two tasks; error bars: std over seeds)",
         xlabel="p = cos(w1, w2)", ylabel="MTL gain (single-task MSE - model MSE)", path=ctx.figure("synthetic_gain"),
     )  # fmt: skip
     all_runs = [o for runs in results.values() for o in runs]
