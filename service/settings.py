@@ -29,7 +29,10 @@ class Settings(BaseSettings):
     default_model: str | None = None  # model used when a request names none (default: "ple", else the first)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # ONNX Runtime threads: 0 lets ORT pick (one per physical core).
+    # ONNX Runtime threads: 0 lets ORT pick (one per physical core). Kept at 0 on 2 cores: one thread
+    # per request gave 8-12 % more req/s at saturation but 45 % more sequential p50 (7.7 -> 11.2 ms at
+    # 500 candidates, bench/README.md). Set 1 where throughput counts more, or on a host shared with
+    # other work: there a 2-thread run waits for a preempted thread (2x the p50 at load average 7).
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(1, ge=0)
     # On CUDA, batches are padded up to one of these sizes so shapes repeat (and warm up once each).
