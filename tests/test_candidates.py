@@ -1,0 +1,73 @@
+"""service.candidates: the column-wise reading keeps the per-candidate rules, errors and fields."""
+
+import math
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.candidates import EMPTY, Candidates
+from service.errors import ApiError
+from service.settings import Settings
+
+
+def error(call) -> tuple[int, str, str]:
+    with pytest.raises(ApiError) as caught:
+        call()
+    return caught.value.status, caught.value.code, caught.value.field
+
+
+def test_the_first_repeated_id_is_named():
+    c = Candidates.of([{"id": "a"}, {"id": "b"}, {"id": "c"}, {"id": "b"}, {"id": "a"}])
+    assert error(c.check_ids) == (422, "duplicate_candidate", "candidates[3].id")
+    Candidates.of([{"id": "a"}, {"id": "A"}]).check_ids()
+
+
+def test_the_first_candidate_over_the_feature_limit_is_named():
+    c = Candidates.of([{"id": "a", "features": {"x": 1}}, {"id": "b", "features": {"x": 1, "y": 2, "z": 3}},
+                       {"id": "c", "features": {"x": 1, "y": 2, "z": 3, "w": 4}}])  # fmt: skip
+    assert error(lambda: c.check_feature_counts(2)) == (422, "too_many_features", "candidates[1].features")
+    c.check_feature_counts(4)
+    Candidates.of([{"id": "a"}]).check_feature_counts(0)
+
+
+def test_video_len_is_the_requests_else_the_stores():
+    c = Candidates.of([{"id": "a", "video_len": 3.5}, {"id": "b"}, {"id": "c", "video_len": None}, {"id": "d"}])
+    stored = [{"video_len": 99.0}, {"video_len": 12}, {"video_len": 7.5}, {"video_len": True}]
+    assert c.video_len(stored).tolist() == [3.5, 12.0, 7.5, 1.0]  # True counts as 1, as it always has
+
+
+@pytest.mark.parametrize("stored", [None, "long", 0, -1.0, math.inf, math.nan, [3.0]])
+def test_a_candidate_with_no_usable_video_len_is_named(stored):
+    c = Candidates.of([{"id": "a", "video_len": 3.0}, {"id": "b"}, {"id": "c"}])
+    rows = [EMPTY, {"video_len": stored}, EMPTY]
+    assert error(lambda: c.video_len(rows)) == (422, "missing_video_len", "candidates[1].video_len")
+
+
+def test_a_feature_sent_with_a_candidate_wins_over_the_store_even_when_null():
+    c = Candidates.of([{"id": "a", "features": {"category": "music"}}, {"id": "b"},
+                       {"id": "c", "features": {"category": None}}, {"id": "d", "features": {"other": 1}}])  # fmt: skip
+    stored = [{"category": "news"}, {"category": "food"}, {"category": "pets"}, EMPTY]
+    assert c.feature("category", stored) == ["music", "food", None, None]
+    nothing_sent = Candidates.of([{"id": "a"}, {"id": "b"}])
+    assert nothing_sent.feature("category", [{"category": "news"}, EMPTY]) == ["news", None]
+    assert np.isnan(nothing_sent.sent_video_len).all() and EMPTY == {}
+
+
+def test_limit_errors_keep_their_order_and_fields(trained):
+    settings = Settings(models_dir=trained.models_dir, features_dir=trained.features_dir, max_features=2)
+    many = {"a": 1, "b": 2, "c": 3}
+    with TestClient(create_app(settings)) as client:
+
+        def field(body):
+            r = client.post("/v1/rank", json={"user": {"id": "u1"}, **body})
+            assert r.status_code == 422, r.text
+            return r.json()["error"]["field"]
+
+        dup = [{"id": "a", "video_len": 3.0}, {"id": "a", "video_len": 3.0, "features": many}]
+        assert field({"candidates": dup, "context": many}) == "candidates[1].id"  # repeated ids first
+        one = [{"id": "a", "video_len": 3.0, "features": many}]
+        assert field({"candidates": one, "context": many}) == "context"  # then user and context
+        two = [{"id": "a", "video_len": 3.0}, {"id": "b", "video_len": 3.0, "features": many}]
+        assert field({"candidates": two}) == "candidates[1].features"  # then each candidate
