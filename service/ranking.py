@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service import jsonrows
 from service.candidates import EMPTY, VIDEO_LEN, Candidates
@@ -69,7 +70,7 @@ class Ranker:
         return body
 
     @staticmethod
-    def _items(ids: list[str], values: dict[str, np.ndarray], ranking: Ranking, req: RankRequest):
+    def _items(ids: list[str], values: dict[str, np.ndarray], ranking: Ranking, req: RankRequest) -> orjson.Fragment:
         """The ranked items, [{"id", "score", "tasks": {...}, "explain"?: {...}}, ...], as a JSON fragment."""
         chosen = ranking.order if req.top_k is None else ranking.order[: req.top_k]
         item: dict = {
