@@ -6,7 +6,7 @@ import datetime as dt
 import os
 from typing import Sequence
 
-from training.experiments.runner import Outcome, cpu_model, machine, mean_std, paired_gains
+from training.experiments.runner import Outcome, machine, mean_std, paired_gains
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -26,7 +26,7 @@ def signed(mean: float, std: float, digits: int = 4) -> str:
 def machine_line() -> str:
     m = machine()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{cpu_model()}, {m['cores']} cores, no GPU; torch {m['torch']} with {m['torch_threads']} thread(s) per "
+    return (f"{m['cpu']}, {m['cores']} cores, no GPU; torch {m['torch']} with {m['torch_threads']} thread(s) per "
             f"run, Python {m['python']}; load average at the end {load}; "
             f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")  # fmt: skip
 
