@@ -40,13 +40,15 @@ from common import make_request  # noqa: E402
 SIZES = (100, 500, 1000)
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
-ALL = ("ple-ranker", "ple-ranker-1t", "fastapi-torch", "bentoml", "torchserve")
+ALL = ("ple-ranker", "ple-ranker-wide", "ple-ranker-1t", "fastapi-torch", "bentoml", "torchserve")
 
 SETTINGS = {
     "ple-ranker": "ranker-serve: 1 uvicorn process (the service's design: one worker per container), "
-    "sync endpoint in the threadpool, ONNX Runtime intra_op_threads=0 (one per core = 2)",
-    "ple-ranker-1t": "as ple-ranker with RANKER_INTRA_OP_THREADS=1: concurrent requests each run inference "
-    "on one core instead of sharing both",
+    "sync endpoint in the threadpool, ONNX Runtime intra_op_threads=0 (one per core = 2) for a lone call, "
+    "adaptive threads: a call that starts while another runs uses a one-thread session",
+    "ple-ranker-wide": "as ple-ranker with RANKER_ADAPTIVE_THREADS=false: every call on two ORT threads "
+    "(the default before adaptive threads)",
+    "ple-ranker-1t": "as ple-ranker with RANKER_INTRA_OP_THREADS=1: every call on one ORT thread",
     "fastapi-torch": "uvicorn --workers 2 (one process per core), torch.set_num_threads(1) per worker, "
     "torch.inference_mode, ORJSONResponse",
     "bentoml": "bentoml serve, @bentoml.service(workers=2), ONNX Runtime intra_op_num_threads=1 per worker",
@@ -69,6 +71,8 @@ def launch(name: str, version: Path, models: Path, features: Path, port: int, lo
         env.update(RANKER_FEATURES_DIR=str(features), RANKER_WATCH="off")
         if name == "ple-ranker-1t":
             env["RANKER_INTRA_OP_THREADS"] = "1"
+        if name == "ple-ranker-wide":
+            env["RANKER_ADAPTIVE_THREADS"] = "false"
         cmd = [str(BIN / "ranker-serve"), "--models", str(models), "--port", str(port), "--log-level", "warning"]
         path = "/v1/rank"
     elif name == "fastapi-torch":
@@ -169,13 +173,40 @@ def start(name: str, args, version: Path, probe: bytes) -> tuple[subprocess.Pope
         raise
 
 
-def measure(name: str, url: str, body: Path, args) -> dict:
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a server's live process tree (its workers, whatever their session)."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    tree, grew = {root}, True
+    while grew:
+        children = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(stats[pid][1] for pid in tree if pid in stats) / os.sysconf("SC_CLK_TCK")
+
+
+def saturate(url: str, body: Path, connections: int, args, pid: int) -> dict:
+    """One closed-loop run, with the server's CPU per request: its CPU over the whole run (2 s
+    warm-up included) over the requests that run answered at its measured rate."""
+    before = tree_cpu_seconds(pid)
+    run = loadgen(url, body, ["closed", "--connections", str(connections)], args.seconds)
+    cpu = tree_cpu_seconds(pid) - before
+    answered = run["throughput_rps"] * (args.seconds + 2.0)
+    run["server_cpu_ms_per_request"] = 1000 * cpu / answered if answered else None
+    return run
+
+
+def measure(name: str, url: str, body: Path, args, pid: int) -> dict:
     """Saturation (closed loop, best of args.connections), then latency at half that rate."""
     load = os.getloadavg()[0]
-    runs = [loadgen(url, body, ["closed", "--connections", str(c)], args.seconds) for c in args.connections]
+    runs = [saturate(url, body, c, args, pid) for c in args.connections]
     best = max(runs, key=lambda r: r["throughput_rps"])
     half = loadgen(url, body, ["open", "--rate", f"{best['throughput_rps'] / 2:.2f}"], args.seconds)
-    print(f"  {name}: {best['throughput_rps']:.0f} req/s (c={best['connections']}), "
+    print(f"  {name}: {best['throughput_rps']:.0f} req/s (c={best['connections']}, "
+          f"{best['server_cpu_ms_per_request']:.1f} CPU ms/request), "
           f"half load p50 {half['p50_ms']:.2f} ms  [load {load:.2f}]", flush=True)  # fmt: skip
     return {"saturation": best, "saturation_runs": runs, "half_load": half, "load_average_at_start": load}
 
@@ -300,7 +331,7 @@ def main() -> None:
             print(f"{n} candidates:", flush=True)
             for name, (proc, url) in running.items():
                 try:
-                    results[name][str(n)] = measure(name, url, body, args)
+                    results[name][str(n)] = measure(name, url, body, args, proc.pid)
                 except Exception as exc:
                     skipped[f"{name}@{n}"] = str(exc)
                     print(f"  {name} failed: {exc}")
@@ -316,13 +347,14 @@ def main() -> None:
         for name, r in results.items():
             sat, half = r[str(n)]["saturation"], r[str(n)]["half_load"]
             ratio = f"{base / sat['throughput_rps']:.2f}x" if base and name != "ple-ranker" else ""
-            rows.append([n, name, round(sat["throughput_rps"], 1), ratio, half["p50_ms"], half["p95_ms"], half["p99_ms"]])
+            rows.append([n, name, round(sat["throughput_rps"], 1), ratio, round(sat["server_cpu_ms_per_request"], 2),
+                         half["p50_ms"], half["p95_ms"], half["p99_ms"]])  # fmt: skip
     print(f"\nmodel {version}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     for n in bodies:
-        rows.append([n, "(ORT alone)", round(ceilings[str(n)]["onnxruntime"], 1), "", "", "", ""])
-        rows.append([n, "(PyTorch alone)", round(ceilings[str(n)]["pytorch"], 1), "", "", "", ""])
+        for engine, label in (("onnxruntime", "(ORT alone)"), ("pytorch", "(PyTorch alone)")):
+            rows.append([n, label, round(ceilings[str(n)][engine], 1), "", "", "", "", ""])
     if rows:
-        print_table(["cands", "server", "req/s", "ours/peer", "p50 ms @½", "p95 ms @½", "p99 ms @½"], rows)
+        print_table(["cands", "server", "req/s", "ours/peer", "CPU ms/req", "p50 ms @½", "p95 ms @½", "p99 ms @½"], rows)
     ratios = throughput_ratios(results)
     for ours, by_peer in ratios.items():
         for peer, by_size in by_peer.items():

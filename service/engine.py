@@ -5,13 +5,20 @@ from 1 to 1,000 candidates, so what counts is per-call overhead. There, batches 
 few bucket sizes, and each bucket gets its inputs and outputs allocated once on the device and
 bound (IO binding): a request copies its rows in and its outputs out, and allocates nothing. The
 buffers' addresses never change, which is what a CUDA graph (one per bucket, `cuda_graph`) needs.
-On CPU none of that pays: a plain `session.run` on the request's own arrays, no padding.
+On CPU none of that pays: a plain `session.run` on the request's own arrays, no padding. There
+the question is threads instead: a lone request is fastest with every core on its one call, but two
+concurrent requests with every core each oversubscribe the cores and lose ~30 % of the throughput of
+one core each. So on CPU (`adaptive_threads`) a second session with one intra-op thread serves the
+calls that start while another call is running: sequential latency of the wide session, saturated
+throughput of the narrow one (bench/README.md has the figures).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from contextlib import contextmanager
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
@@ -77,12 +84,27 @@ class BucketBinding:
             return [out[:n] for out in self.binding.copy_outputs_to_cpu()]
 
 
+def session_options(intra_op_threads: int, inter_op_threads: int, spin: bool = True) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def fixed_dims(arg: ort.NodeArg) -> list[int]:
     """The dimensions after the batch axis, which must be fixed to preallocate a buffer."""
     dims = list(arg.shape[1:])
     if not all(isinstance(d, int) and d > 0 for d in dims):
         raise ValueError(f"{arg.name} has dynamic dimensions {arg.shape} past the batch axis: cannot bind it")
     return dims
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class InferenceEngine:
@@ -97,15 +119,19 @@ class InferenceEngine:
         batch_buckets: Sequence[int] = (),
         io_binding: Literal["auto", "on", "off"] = "auto",
         cuda_graph: bool = False,
+        adaptive_threads: bool = True,
     ):
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
         providers: list = choose_providers(device)
         if cuda_graph and providers[0] == CUDA:
             providers = [(CUDA, {"enable_cuda_graph": "1"}), CPU]
-        self.session = ort.InferenceSession(onnx_path, options, providers=providers)
+        wide = intra_op_threads or usable_cores()  # 0: ORT picks one per physical core
+        adaptive = adaptive_threads and providers == [CPU] and io_binding != "on" and wide > 1
+        # Spinning threads keep a core busy after each call; with a narrow session beside it that
+        # core is better left to the other requests' Python (parse, features, encode).
+        self.session = ort.InferenceSession(onnx_path, session_options(intra_op_threads, inter_op_threads, spin=not adaptive), providers=providers)
+        self.narrow = ort.InferenceSession(onnx_path, session_options(1, inter_op_threads), providers=[CPU]) if adaptive else None
+        self._running = 0  # calls in flight on the plain path (picks wide or narrow)
+        self._running_lock = threading.Lock()
         self.provider = self.session.get_providers()[0]
         on_cuda = self.provider == CUDA
         self.cuda_graph = bool(cuda_graph and on_cuda)
@@ -126,8 +152,9 @@ class InferenceEngine:
             self.plain_options.add_run_config_entry("gpu_graph_id", "-1")
 
     def describe(self) -> dict:
+        threads = "adaptive" if self.narrow is not None else "fixed"
         return {"provider": self.provider, "io_binding": self.io_binding, "cuda_graph": self.cuda_graph,
-                "buckets": list(self.buckets)}  # fmt: skip
+                "buckets": list(self.buckets), "cpu_threads": threads}  # fmt: skip
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(inputs.values())))
@@ -137,8 +164,21 @@ class InferenceEngine:
         else:
             if size != n:
                 inputs = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in inputs.items()}
-            outputs = [out[:n] for out in self.session.run(self.output_names, dict(inputs), self.plain_options)]
+            with self._plain_session() as session:
+                outputs = [out[:n] for out in session.run(self.output_names, dict(inputs), self.plain_options)]
         return dict(zip(self.output_names, outputs))
+
+    @contextmanager
+    def _plain_session(self):
+        """The wide session when no other call is running, else the one-thread session."""
+        with self._running_lock:
+            alone = self._running == 0
+            self._running += 1
+        try:
+            yield self.session if alone or self.narrow is None else self.narrow
+        finally:
+            with self._running_lock:
+                self._running -= 1
 
     def _bucket(self, n: int) -> int:
         for size in self.buckets:
@@ -151,5 +191,8 @@ class InferenceEngine:
         (with CUDA graphs: the first runs of a bucket capture its graph)."""
         for size in sizes or [1]:
             index = np.arange(size) % len(next(iter(example.values())))
+            batch = {k: v[index] for k, v in example.items()}
             for _ in range(3 if self.cuda_graph else 1):  # ORT captures after a couple of plain runs
-                self.run({k: v[index] for k, v in example.items()})
+                self.run(batch)
+            if self.narrow is not None:
+                self.narrow.run(self.output_names, batch)

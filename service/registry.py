@@ -116,6 +116,7 @@ def load_version(path: Path, settings: Settings) -> ModelVersion:
             batch_buckets=settings.batch_buckets,
             io_binding=settings.io_binding,
             cuda_graph=settings.cuda_graph,
+            adaptive_threads=settings.adaptive_threads,
         )
     except Exception as exc:  # ORT raises several types for a broken graph
         raise LoadError(f"ONNX Runtime cannot open model.onnx: {exc}") from None
@@ -437,7 +438,7 @@ class Registry:
                     spec = entry.handle.spec
                     engine = entry.handle.engine.describe()
                     row.update(family=spec.family, provider=engine["provider"], io_binding=engine["io_binding"],
-                               cuda_graph=engine["cuda_graph"], tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
+                               cuda_graph=engine["cuda_graph"], cpu_threads=engine["cpu_threads"], tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
                                load_seconds=round(entry.handle.load_seconds, 4))  # fmt: skip
                 if entry.reason:
                     row["reason"] = entry.reason

@@ -29,11 +29,13 @@ class Settings(BaseSettings):
     default_model: str | None = None  # model used when a request names none (default: "ple", else the first)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # ONNX Runtime threads: 0 lets ORT pick (one per physical core). Kept at 0 on 2 cores: one thread
-    # per request gave 8-12 % more req/s at saturation but 45 % more sequential p50 (7.7 -> 11.2 ms at
-    # 500 candidates, bench/README.md). Set 1 where throughput counts more, or on a host shared with
-    # other work: there a 2-thread run waits for a preempted thread (2x the p50 at load average 7).
+    # ONNX Runtime threads for a lone call: 0 lets ORT pick (one per physical core).
     intra_op_threads: int = Field(0, ge=0)
+    # On CPU, calls that start while another is running go to a second, one-thread session: a lone
+    # request keeps every core (lowest sequential latency), concurrent ones get a core each instead
+    # of oversubscribing them (highest throughput). Before it, 0 vs 1 thread traded one for the
+    # other (bench/README.md). Costs a second copy of the weights per loaded version.
+    adaptive_threads: bool = True
     inter_op_threads: int = Field(1, ge=0)
     # On CUDA, batches are padded up to one of these sizes so shapes repeat (and warm up once each).
     batch_buckets: list[int] = Field(default_factory=lambda: [16, 64, 256, 1024, 4096])

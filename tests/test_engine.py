@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.engine import CPU, CUDA, DeviceUnavailable, InferenceEngine, choose_providers
+from service.engine import CPU, CUDA, DeviceUnavailable, InferenceEngine, choose_providers, usable_cores
 from service.settings import Settings
 from tests.conftest import BIN
 
@@ -82,11 +82,43 @@ def test_io_binding_is_safe_under_concurrent_requests(trained):
             np.testing.assert_allclose(e[k], g[k], rtol=1e-6)
 
 
+def test_a_call_that_starts_while_another_runs_gets_the_one_thread_session(trained):
+    """Adaptive threads on CPU: a lone call uses every core, concurrent calls one core each."""
+    engine = InferenceEngine(str(trained.version_dir / "model.onnx"), device="cpu", intra_op_threads=2)
+    assert engine.narrow is not None and engine.describe()["cpu_threads"] == "adaptive"
+    with engine._plain_session() as first:
+        with engine._plain_session() as second:
+            assert first is engine.session and second is engine.narrow
+    with engine._plain_session() as again:  # both finished: the wide session again
+        assert again is engine.session
+    for fixed in (InferenceEngine(str(trained.version_dir / "model.onnx"), device="cpu", intra_op_threads=1),
+                  InferenceEngine(str(trained.version_dir / "model.onnx"), device="cpu", intra_op_threads=2, adaptive_threads=False),
+                  InferenceEngine(str(trained.version_dir / "model.onnx"), device="cpu", intra_op_threads=2, io_binding="on")):  # fmt: skip
+        assert fixed.narrow is None and fixed.describe()["cpu_threads"] == "fixed"
+
+
+def test_adaptive_threads_give_the_same_scores_under_concurrency(trained):
+    onnx_path = str(trained.version_dir / "model.onnx")
+    fixed = InferenceEngine(onnx_path, device="cpu", adaptive_threads=False)
+    adaptive = InferenceEngine(onnx_path, device="cpu", intra_op_threads=2)
+    rng = np.random.default_rng(3)
+    batches = [{"sparse_ids": rng.integers(0, 2, (n, 10)), "dense": rng.normal(size=(n, 4)).astype(np.float32)}
+               for n in rng.integers(1, 300, 48)]  # fmt: skip
+    expected = [fixed.run(b) for b in batches]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(adaptive.run, batches))
+    assert adaptive._running == 0
+    for e, g in zip(expected, got):
+        for k in e:
+            np.testing.assert_allclose(e[k], g[k], rtol=1e-5, atol=1e-7)
+
+
 def test_the_provider_in_use_is_reported(trained):
     with TestClient(create_app(Settings(models_dir=trained.models_dir, features_dir=None, watch="off"))) as c:
         listed = c.get("/v1/models").json()["models"][0]
         assert listed["provider"] == (CUDA if HAS_CUDA else CPU)
         assert listed["io_binding"] is HAS_CUDA and listed["cuda_graph"] is False  # auto: bound on CUDA only
+        assert listed["cpu_threads"] == ("fixed" if HAS_CUDA or usable_cores() == 1 else "adaptive")
         one = c.get("/v1/models/ple").json()
         assert one["name"] == "ple" and one["versions"][0]["features"][0]["name"] == "user_id"
         assert one["versions"][0]["video_len_transform"]["kind"] == "log"
