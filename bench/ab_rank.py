@@ -12,7 +12,7 @@ With --http, each revision also runs as a `ranker-serve` process (one per --thre
 RANKER_INTRA_OP_THREADS), all up at once and measured in turn each round with bench/loadgen.py:
   seq_p50_ms      p50 of sequential requests (one connection): latency at low load
   rps_4conn       throughput with 4 keep-alive connections (closed loop)
-Prints medians over the runs and writes bench/results/ab_rank.json.
+Prints medians over the runs and writes bench/results/ab_rank.json (or --out NAME: NAME.json).
 
     python bench/ab_rank.py main . [--rounds 5] [--sizes 100,500,1000] [--repeat 200]
     python bench/ab_rank.py main . --http [--threads 0,1] [--http-size 500] [--seconds 5]
@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--threads", default="0,1", help="RANKER_INTRA_OP_THREADS values to serve with (--http)")
     p.add_argument("--http-size", type=int, default=500)
     p.add_argument("--seconds", type=float, default=5.0, help="per loadgen measurement (--http)")
+    p.add_argument("--out", default="ab_rank", help="result file name under bench/results/")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -159,7 +160,7 @@ def main() -> None:
         print_table(["server", "sequential p50 ms", "req/s, 4 connections"],
                     [[name, m["seq_p50_ms"], m["rps_4conn"]] for name, m in http_medians.items()])  # fmt: skip
         result["http"] = {"candidates": args.http_size, "seconds": args.seconds, "medians": http_medians, "runs": http}
-    path = write_result("ab_rank", result)
+    path = write_result(args.out, result)
     print(f"\nwrote {path}")
 
 
