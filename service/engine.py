@@ -128,8 +128,11 @@ class InferenceEngine:
         adaptive = adaptive_threads and providers == [CPU] and io_binding != "on" and wide > 1
         # Spinning threads keep a core busy after each call; with a narrow session beside it that
         # core is better left to the other requests' Python (parse, features, encode).
-        self.session = ort.InferenceSession(onnx_path, session_options(intra_op_threads, inter_op_threads, spin=not adaptive), providers=providers)
-        self.narrow = ort.InferenceSession(onnx_path, session_options(1, inter_op_threads), providers=[CPU]) if adaptive else None
+        wide_options = session_options(intra_op_threads, inter_op_threads, spin=not adaptive)
+        self.session = ort.InferenceSession(onnx_path, wide_options, providers=providers)
+        self.narrow = None  # the one-thread session for overlapping calls
+        if adaptive:
+            self.narrow = ort.InferenceSession(onnx_path, session_options(1, inter_op_threads), providers=[CPU])
         self._running = 0  # calls in flight on the plain path (picks wide or narrow)
         self._running_lock = threading.Lock()
         self.provider = self.session.get_providers()[0]

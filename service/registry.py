@@ -438,7 +438,8 @@ class Registry:
                     spec = entry.handle.spec
                     engine = entry.handle.engine.describe()
                     row.update(family=spec.family, provider=engine["provider"], io_binding=engine["io_binding"],
-                               cuda_graph=engine["cuda_graph"], cpu_threads=engine["cpu_threads"], tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
+                               cuda_graph=engine["cuda_graph"], cpu_threads=engine["cpu_threads"],
+                               tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
                                load_seconds=round(entry.handle.load_seconds, 4))  # fmt: skip
                 if entry.reason:
                     row["reason"] = entry.reason
