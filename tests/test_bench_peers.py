@@ -3,6 +3,8 @@ so compare_servers.py compares serving stacks, not different answers. No timing 
 
 from __future__ import annotations
 
+import time
+
 import torch
 from fastapi.testclient import TestClient
 
@@ -33,3 +35,25 @@ def test_torch_peer_ranks_like_the_service(trained, tmp_path):
     assert [i["id"] for i in peer] == [i["id"] for i in ours]
     for a, b in zip(peer, ours):
         assert abs(a["score"] - b["score"]) <= 1e-5 * b["score"]
+
+
+def test_server_cpu_counts_workers_in_their_own_session():
+    """compare_servers' CPU per request must see a server's worker processes, even ones that start
+    a session of their own (BentoML's did, and the first run read 0 CPU for it)."""
+    import subprocess
+    import sys
+
+    from bench.compare_servers import tree_cpu_seconds
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\ntime.sleep(30)"
+    spawn = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {burn!r}], start_new_session=True)\ntime.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", spawn])
+    try:
+        deadline = time.monotonic() + 20
+        while tree_cpu_seconds(parent.pid) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tree_cpu_seconds(parent.pid) >= 0.5  # the grandchild's burnt half second is counted
+    finally:
+        subprocess.run(["pkill", "-P", str(parent.pid)])
+        parent.kill()
+        parent.wait()
