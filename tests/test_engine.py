@@ -108,6 +108,9 @@ def test_adaptive_threads_give_the_same_scores_under_concurrency(trained):
     with ThreadPoolExecutor(6) as pool:
         got = list(pool.map(adaptive.run, batches))
     assert adaptive._running == 0
+    with pytest.raises(Exception):  # a failing call must not leave the engine thinking one is running
+        adaptive.run({"sparse_ids": np.zeros((2, 3), np.int64), "dense": np.zeros((2, 4), np.float32)})
+    assert adaptive._running == 0
     for e, g in zip(expected, got):
         for k in e:
             np.testing.assert_allclose(e[k], g[k], rtol=1e-5, atol=1e-7)
