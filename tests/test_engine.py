@@ -67,19 +67,25 @@ def test_io_binding_gives_the_plain_results_at_every_size(trained):
         np.testing.assert_allclose(v, plain.run(small)[k], rtol=1e-6)
 
 
+def assert_same_under_concurrency(reference: InferenceEngine, engine: InferenceEngine, sizes, threads: int,
+                                  seed: int, rtol: float = 1e-6, atol: float = 0.0) -> None:  # fmt: skip
+    """Random batches run one by one on `reference` and concurrently on `engine` give the same outputs."""
+    rng = np.random.default_rng(seed)
+    batches = [{"sparse_ids": rng.integers(0, 2, (n, 10)), "dense": rng.normal(size=(n, 4)).astype(np.float32)}
+               for n in sizes(rng)]  # fmt: skip
+    expected = [reference.run(b) for b in batches]
+    with ThreadPoolExecutor(threads) as pool:
+        got = list(pool.map(engine.run, batches))
+    for e, g in zip(expected, got):
+        for k in e:
+            np.testing.assert_allclose(e[k], g[k], rtol=rtol, atol=atol)
+
+
 def test_io_binding_is_safe_under_concurrent_requests(trained):
     onnx_path = str(trained.version_dir / "model.onnx")
     plain = InferenceEngine(onnx_path, device="cpu")
     bound = InferenceEngine(onnx_path, device="cpu", batch_buckets=[8, 32], io_binding="on")
-    rng = np.random.default_rng(2)
-    batches = [{"sparse_ids": rng.integers(0, 2, (n, 10)), "dense": rng.normal(size=(n, 4)).astype(np.float32)}
-               for n in rng.integers(1, 33, 64)]  # fmt: skip
-    expected = [plain.run(b) for b in batches]
-    with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(bound.run, batches))
-    for e, g in zip(expected, got):
-        for k in e:
-            np.testing.assert_allclose(e[k], g[k], rtol=1e-6)
+    assert_same_under_concurrency(plain, bound, lambda rng: rng.integers(1, 33, 64), threads=8, seed=2)
 
 
 def test_a_call_that_starts_while_another_runs_gets_the_one_thread_session(trained):
@@ -101,19 +107,11 @@ def test_adaptive_threads_give_the_same_scores_under_concurrency(trained):
     onnx_path = str(trained.version_dir / "model.onnx")
     fixed = InferenceEngine(onnx_path, device="cpu", adaptive_threads=False)
     adaptive = InferenceEngine(onnx_path, device="cpu", intra_op_threads=2)
-    rng = np.random.default_rng(3)
-    batches = [{"sparse_ids": rng.integers(0, 2, (n, 10)), "dense": rng.normal(size=(n, 4)).astype(np.float32)}
-               for n in rng.integers(1, 300, 48)]  # fmt: skip
-    expected = [fixed.run(b) for b in batches]
-    with ThreadPoolExecutor(6) as pool:
-        got = list(pool.map(adaptive.run, batches))
+    assert_same_under_concurrency(fixed, adaptive, lambda rng: rng.integers(1, 300, 48), threads=6, seed=3, rtol=1e-5, atol=1e-7)
     assert adaptive._running == 0
     with pytest.raises(Exception):  # a failing call must not leave the engine thinking one is running
         adaptive.run({"sparse_ids": np.zeros((2, 3), np.int64), "dense": np.zeros((2, 4), np.float32)})
     assert adaptive._running == 0
-    for e, g in zip(expected, got):
-        for k in e:
-            np.testing.assert_allclose(e[k], g[k], rtol=1e-5, atol=1e-7)
 
 
 def test_the_provider_in_use_is_reported(trained):
