@@ -40,6 +40,7 @@ from common import make_request  # noqa: E402
 SIZES = (100, 500, 1000)
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
+WARMUP_S = 2.0  # each load run's unmeasured start
 ALL = ("ple-ranker", "ple-ranker-wide", "ple-ranker-1t", "fastapi-torch", "bentoml", "torchserve")
 
 SETTINGS = {
@@ -144,7 +145,7 @@ def wait_ready(url: str, body: bytes, proc: subprocess.Popen, timeout: float = 1
 
 def loadgen(url: str, body_file: Path, mode: list[str], seconds: float) -> dict:
     cmd = [sys.executable, str(ROOT / "bench" / "loadgen.py"), "--url", url, "--body", str(body_file),
-           "--seconds", str(seconds), *mode]  # fmt: skip
+           "--seconds", str(seconds), "--warmup", str(WARMUP_S), *mode]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen {' '.join(mode)} failed: {done.stderr[-1500:]}")
@@ -189,12 +190,12 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 def saturate(url: str, body: Path, connections: int, args, pid: int) -> dict:
-    """One closed-loop run, with the server's CPU per request: its CPU over the whole run (2 s
-    warm-up included) over the requests that run answered at its measured rate."""
+    """One closed-loop run, with the server's CPU per request: its CPU over the whole run (warm-up
+    included) over the requests that run answered at its measured rate."""
     before = tree_cpu_seconds(pid)
     run = loadgen(url, body, ["closed", "--connections", str(connections)], args.seconds)
     cpu = tree_cpu_seconds(pid) - before
-    answered = run["throughput_rps"] * (args.seconds + 2.0)
+    answered = run["throughput_rps"] * (args.seconds + WARMUP_S)
     run["server_cpu_ms_per_request"] = 1000 * cpu / answered if answered else None
     return run
 
