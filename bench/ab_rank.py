@@ -33,12 +33,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, make_request, print_table, served, write_result  # noqa: E402
-
-BLOCK = 10
+from common import ROOT, alternated, make_request, print_table, served, write_result  # noqa: E402
 
 
 def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
@@ -70,18 +69,7 @@ def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
             serve(body)
             mv.engine.run = engine_run
             inputs = seen["inputs"]
-            bare, service = [], []
-            for block in range(-2, -(-repeat // BLOCK)):  # blocks -2 and -1 warm up
-                for _ in range(BLOCK):
-                    t0 = time.perf_counter()
-                    mv.engine.session.run(None, inputs)
-                    if block >= 0:
-                        bare.append(time.perf_counter() - t0)
-                for _ in range(BLOCK):
-                    t0 = time.perf_counter()
-                    serve(body)
-                    if block >= 0:
-                        service.append(time.perf_counter() - t0)
+            bare, service = alternated(partial(mv.engine.session.run, None, inputs), partial(serve, body), repeat)
             cached = engine_run(inputs)
             mv.engine.run = lambda _inputs: cached
             cpu = []
@@ -91,7 +79,8 @@ def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
                 if i >= 20:
                     cpu.append(time.thread_time() - t0)
             mv.engine.run = engine_run
-            b, s = statistics.median(bare) * 1e3, statistics.median(service) * 1e3
+            b = statistics.median(t for t, _ in bare) * 1e3
+            s = statistics.median(t for t, _ in service) * 1e3
             out[str(n)] = {"bare_p50_ms": b, "service_p50_ms": s, "ratio": s / b,
                            "python_cpu_ms": statistics.median(cpu) * 1e3}  # fmt: skip
     return out

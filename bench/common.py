@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -45,6 +47,26 @@ def percentiles_ms(seconds: list[float]) -> dict:
     a = np.asarray(seconds) * 1000
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
             "p99_ms": float(np.percentile(a, 99)), "n": len(a)}  # fmt: skip
+
+
+def alternated(first: Callable[[], Any], second: Callable[[], Any], repeat: int, block: int = 10,
+               warmup_blocks: int = 2) -> tuple[list[tuple[float, Any]], list[tuple[float, Any]]]:
+    """Time `first` and `second` in alternating blocks of `block` calls, about `repeat` calls each.
+
+    A change in the machine's background load lands on both alike (their ratio is the figure that
+    holds), while calls of one kind still follow each other as requests do. The first
+    `warmup_blocks` blocks of each are dropped. Returns (seconds, return value) per kept call.
+    """
+    kept: tuple[list, list] = ([], [])
+    for n in range(-warmup_blocks, -(-repeat // block)):
+        for fn, out in ((first, kept[0]), (second, kept[1])):
+            for _ in range(block):
+                t0 = time.perf_counter()
+                result = fn()
+                elapsed = time.perf_counter() - t0
+                if n >= 0:
+                    out.append((elapsed, result))
+    return kept
 
 
 def write_result(name: str, payload: dict) -> Path:

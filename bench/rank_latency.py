@@ -19,13 +19,14 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, make_request, newest_version, percentiles_ms, print_table, served, write_result  # noqa: E402
+from common import ROOT, alternated, make_request, newest_version, percentiles_ms, print_table, served, write_result  # noqa: E402
 
 from service.app import create_app  # noqa: E402
 from service.candidates import Candidates  # noqa: E402
@@ -34,14 +35,13 @@ from service.schemas import RankRequest  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 SIZES = (100, 500, 1000)
-BLOCK = 10
+STAGES = ("parse", "store", "features", "inference", "scoring", "encode")
 
 
 def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], repeat: int) -> tuple[dict, dict]:
-    """Bare session.run and the whole in-process path in alternating blocks of BLOCK calls, so that
-    a change in the machine's background load lands on both alike (their ratio is the figure that
-    holds), while service calls still follow each other as requests do (a bare call between two
-    would evict the caches the next parse finds warm in a server)."""
+    """Bare session.run and the whole in-process path in alternating blocks (common.alternated):
+    service calls follow each other as requests do (a bare call between two would evict the caches
+    the next parse finds warm in a server)."""
     from fastapi.testclient import TestClient
 
     app = create_app(Settings(models_dir=models, features_dir=features, watch="off"))
@@ -54,34 +54,27 @@ def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], rep
             candidates = Candidates.of(req.candidates)
             shared, per_row, _ = ranker.raw_features(mv, req, candidates, ranker.store.fetch("u42", candidates.ids))
             inputs = mv.transform.encode(n, shared, per_row).as_inputs()  # the batch the service sends
-            bare_times, totals = [], []
-            per_stage: dict[str, list[float]] = {k: [] for k in ("parse", "store", "features", "inference", "scoring", "encode")}
-            for block in range(-2, -(-repeat // BLOCK)):  # blocks -2 and -1 warm up
-                for _ in range(BLOCK):
-                    t = time.perf_counter()
-                    mv.engine.session.run(None, inputs)
-                    if block >= 0:
-                        bare_times.append(time.perf_counter() - t)
-                for _ in range(BLOCK):
-                    t = time.perf_counter()
-                    req = parse(body)
-                    t_parse = time.perf_counter()
-                    stages: dict[str, float] = {}
-                    result = ranker.rank(req, stages)
-                    t_rank = time.perf_counter()
-                    orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
-                    t_end = time.perf_counter()
-                    if block < 0:
-                        continue
-                    totals.append(t_end - t)
-                    per_stage["parse"].append(t_parse - t)
-                    per_stage["encode"].append(t_end - t_rank)
-                    for k, v in stages.items():
-                        per_stage[k].append(v)
+            bare_runs, service_runs = alternated(partial(mv.engine.session.run, None, inputs),
+                                                 partial(served_stages, ranker, body), repeat)
+            bare_times = [t for t, _ in bare_runs]
+            totals = [t for t, _ in service_runs]
+            per_stage = {k: [stages[k] for _, stages in service_runs] for k in STAGES}
             bare[n] = percentiles_ms(bare_times)
             service[n] = {**percentiles_ms(totals),
                           "stages_p50_ms": {k: float(np.median(v) * 1000) for k, v in per_stage.items()}}  # fmt: skip
     return bare, service
+
+
+def served_stages(ranker, body: bytes) -> dict[str, float]:
+    """One in-process request, as the route serves it; seconds per stage."""
+    t = time.perf_counter()
+    req = parse(body)
+    t_parse = time.perf_counter()
+    stages: dict[str, float] = {}
+    result = ranker.rank(req, stages)
+    t_rank = time.perf_counter()
+    orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+    return {**stages, "parse": t_parse - t, "encode": time.perf_counter() - t_rank}
 
 
 def parse(body: bytes) -> RankRequest:

@@ -57,3 +57,25 @@ def test_server_cpu_counts_workers_in_their_own_session():
         subprocess.run(["pkill", "-P", str(parent.pid)])
         parent.kill()
         parent.wait()
+
+
+def test_alternated_timing_drops_warm_up_blocks_and_keeps_each_result():
+    from bench.common import alternated
+
+    calls: list[str] = []
+
+    def first():
+        calls.append("a")
+        return len(calls)
+
+    def second():
+        calls.append("b")
+        time.sleep(0.002)
+        return "b"
+
+    a, b = alternated(first, second, repeat=25, block=5, warmup_blocks=2)
+    # 2 warm-up blocks + ceil(25 / 5) kept blocks of each, in alternation: aaaaa bbbbb aaaaa ...
+    assert "".join(calls) == ("a" * 5 + "b" * 5) * 7
+    assert len(a) == len(b) == 25
+    assert [result for _, result in a][:5] == [21, 22, 23, 24, 25]  # the third block of "a" is the first kept
+    assert all(result == "b" and seconds >= 0.002 for seconds, result in b)
