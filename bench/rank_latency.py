@@ -52,7 +52,7 @@ def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], rep
         for n, body in bodies.items():
             req = parse(body)
             candidates = Candidates.of(req.candidates)
-            shared, per_row, _ = ranker.raw_features(mv, req, candidates, ranker.store.fetch("u42", candidates.ids))
+            shared, per_row, _, _ = ranker.raw_features(mv, req, candidates, ranker.store.fetch("u42", candidates.ids))
             inputs = mv.transform.encode(n, shared, per_row).as_inputs()  # the batch the service sends
             bare_runs, service_runs = alternated(partial(mv.engine.session.run, None, inputs),
                                                  partial(served_stages, ranker, body), repeat)

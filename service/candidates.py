@@ -25,6 +25,17 @@ VIDEO_LEN = "video_len"
 EMPTY: dict[str, Any] = {}
 
 
+def _length(value: Any) -> float | None:
+    """A usable video length in seconds (a finite number > 0), else None. True counts as 1."""
+    if not isinstance(value, (int, float)):
+        return None
+    try:
+        length = float(value)
+    except OverflowError:  # an integer past the float range
+        return None
+    return length if 0 < length < math.inf else None
+
+
 @dataclass(frozen=True)
 class Candidates:
     ids: list[str]
@@ -56,17 +67,31 @@ class Candidates:
         i, features = next((i, f) for i, f in enumerate(self.sent_features) if len(f) > limit)
         raise ApiError(422, "too_many_features", f"{len(features)} features; at most {limit}", f"candidates[{i}].features")
 
-    def video_len(self, stored: Sequence[dict[str, Any]]) -> np.ndarray:
-        """(B,) float64 seconds: the request's, else the store's; 422 naming the first candidate with neither."""
+    def video_len(self, stored: Sequence[dict[str, Any]], default: float | None = None) -> tuple[np.ndarray, int]:
+        """(B,) float64 seconds, and how many of them are `default`. Per candidate, the first of:
+        the request's video_len; the request's features.video_len (422 if it is not a length); the
+        store's value, if it is a length; the schema's `default`, as for any missing feature (an
+        unknown item, the store down or holding a broken value). 422 only where the model has none."""
         lengths = self.sent_video_len.copy()
+        defaulted = 0
         for i in np.flatnonzero(np.isnan(lengths)).tolist():
-            length = stored[i].get(VIDEO_LEN)
-            if not isinstance(length, (int, float)) or not (0 < length < math.inf):
+            sent = self.sent_features[i].get(VIDEO_LEN)
+            if sent is not None:
+                if _length(sent) is None:
+                    raise ApiError(422, "invalid_video_len", f"video_len must be a number of seconds > 0; got {sent!r}",
+                                   f"candidates[{i}].features.video_len")  # fmt: skip
+                lengths[i] = _length(sent)
+                continue
+            length = _length(stored[i].get(VIDEO_LEN))
+            if length is None and default is not None:
+                length = default
+                defaulted += 1
+            if length is None:
                 raise ApiError(422, "missing_video_len",
-                               "video_len (seconds, > 0) is required when the store does not know the item",
-                               f"candidates[{i}].video_len")  # fmt: skip
-            lengths[i] = float(length)
-        return lengths
+                               "video_len (seconds, > 0) is required: the item has none stored and the model's "
+                               "schema has no default", f"candidates[{i}].video_len")  # fmt: skip
+            lengths[i] = length
+        return lengths, defaulted
 
     def feature(self, name: str, stored: Sequence[dict[str, Any]]) -> list[Any]:
         """One item feature's raw values: the request's where a candidate sent it, else the store's."""

@@ -27,11 +27,16 @@ DENSE_INPUT = "dense"
 
 
 class FeatureValueError(ValueError):
-    """A raw value that cannot be read as its feature's kind (e.g. text for a dense feature)."""
+    """A raw value that cannot be read as its feature's kind (e.g. text for a dense feature).
 
-    def __init__(self, feature: str, value: Any):
-        super().__init__(f"feature {feature!r}: cannot use {value!r} as a number")
-        self.feature = feature
+    `row` is the value's row for a per-row feature (a candidate), None for a shared one.
+    """
+
+    def __init__(self, feature: str, value: Any, row: int | None = None):
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        super().__init__(f"feature {feature!r}: cannot use {shown} as a finite number")
+        self.feature, self.row = feature, row
 
 
 def stable_hash(text: str) -> int:
@@ -47,8 +52,8 @@ def _hash_bucket(feature: str, canonical_value: str, buckets: int) -> int:
 
 def canonical(value: Any) -> str | None:
     """The string a categorical value is hashed as: 21, 21.0 and "21" agree; None is missing."""
-    if value is None:
-        return None
+    if value is None or isinstance(value, (dict, list, tuple, set)):
+        return None  # a category is a scalar; a nested value (a broken store row) counts as missing
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -90,6 +95,8 @@ class FeatureTransform:
         self.by_source = {
             src: [s.name for s in self.specs if s.source == src] for src in ("user", "item", "context")
         }
+        self.source_of = {s.name: s.source for s in self.specs}
+        self.dense_defaults = {s.name: float(s.default) for s in self.dense if s.default is not None}  # type: ignore[arg-type]
 
     # ---- the schema of the model inputs ----
 
@@ -124,9 +131,12 @@ class FeatureTransform:
         cache = self._cache[spec.name]
         try:  # every value seen before (the common case): one C-level pass, no list in between
             return np.fromiter(map(cache.__getitem__, column), dtype=np.int64, count=len(column))
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable value (a list from a broken store row)
             pass
-        ids = list(map(cache.get, column))
+        try:
+            ids = list(map(cache.get, column))
+        except TypeError:
+            ids = [cache.get(v) if type(v) is str else None for v in column]
         if None in ids:
             for k, found in enumerate(ids):
                 if found is None:
@@ -166,10 +176,11 @@ class FeatureTransform:
         for j, spec in enumerate(self.dense):
             if spec.name in per_row:
                 raw = _as_float_array(spec.name, per_row[spec.name], n)
+                if np.isinf(raw).any():
+                    row = int(np.flatnonzero(np.isinf(raw))[0])
+                    raise FeatureValueError(spec.name, float(raw[row]), row)
             else:
                 raw = np.full(n, _as_float(spec.name, shared.get(spec.name)))
-            if np.isinf(raw).any():
-                raise FeatureValueError(spec.name, float(raw[np.isinf(raw)][0]))
             missing = np.isnan(raw)
             if missing.any():
                 raw = np.where(missing, float(spec.default), raw)  # type: ignore[arg-type]
@@ -201,20 +212,36 @@ def fit_dense(spec: FeatureSpec, raw: Iterable[float]) -> FeatureSpec:
     return spec.model_copy(update={"mean": float(x.mean()), "std": std if std > 1e-6 else 1.0})
 
 
-def _as_float(feature: str, value: Any) -> float:
+def _as_float(feature: str, value: Any, row: int | None = None) -> float:
+    """A dense value as a float: None is NaN (the default follows); text, lists or a number past
+    the float range (a 400-digit integer) are a FeatureValueError."""
     if value is None:
         return math.nan
-    if isinstance(value, bool):
-        return float(value)
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise FeatureValueError(feature, value) from None
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise FeatureValueError(feature, value, row) from None
+    if math.isinf(number):
+        raise FeatureValueError(feature, value, row)
+    return number
 
 
 def _as_float_array(feature: str, column: Sequence[Any], n: int) -> np.ndarray:
     try:
         # None becomes NaN here, which then takes the default.
         return np.asarray(column, dtype=np.float64).reshape(n)
-    except (TypeError, ValueError):
-        return np.fromiter((_as_float(feature, v) for v in column), dtype=np.float64, count=n)
+    except (TypeError, ValueError, OverflowError):
+        return np.fromiter((_as_float(feature, v, i) for i, v in enumerate(column)), dtype=np.float64, count=n)
+
+
+def usable_or_none(feature: str, column: Sequence[Any]) -> list[Any]:
+    """A dense column with every value that is not a finite number replaced by None (its default)."""
+
+    def usable(value: Any) -> Any:
+        try:
+            _as_float(feature, value)
+        except FeatureValueError:
+            return None
+        return value
+
+    return list(map(usable, column))

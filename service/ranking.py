@@ -6,6 +6,7 @@ hundreds of candidates the model, not Python, takes most of a request's time.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -15,13 +16,15 @@ import orjson
 from service import jsonrows
 from service.candidates import EMPTY, VIDEO_LEN, Candidates
 from service.errors import ApiError
-from service.features import FeatureValueError
+from service.features import Encoded, FeatureValueError, usable_or_none
 from service.metrics import Metrics
 from service.registry import ModelVersion, Registry
 from service.schemas import RankRequest
-from service.scoring import Ranking, rank
+from service.scoring import Ranking, ScoreOverflow, rank
 from service.settings import Settings
 from service.store import FeatureStore, Fetched
+
+log = logging.getLogger("ranker")
 
 
 class Ranker:
@@ -42,11 +45,10 @@ class Ranker:
         self.metrics.observe_store(self.store.kind, t1 - t0, fetched.misses)
         if fetched.degraded:
             self.metrics.degraded.labels("feature_store").inc()
-        shared, per_row, video_len = self.raw_features(mv, req, candidates, fetched)
-        try:
-            encoded = mv.transform.encode(len(candidates.ids), shared, per_row)
-        except FeatureValueError as exc:
-            raise ApiError(422, "invalid_feature", str(exc), exc.feature) from None
+        if fetched.corrupt:
+            self.metrics.degraded.labels("feature_store_row").inc()
+        shared, per_row, video_len, lengths_defaulted = self.raw_features(mv, req, candidates, fetched)
+        encoded = self._encoded(mv, req, candidates, shared, per_row)
 
         t2 = time.perf_counter()
         outputs = mv.engine.run(encoded.as_inputs())
@@ -54,13 +56,18 @@ class Ranker:
         self.metrics.observe_inference(mv, t3 - t2)
 
         values = {t.name: outputs[t.output] for t in spec.tasks}
-        ranking = rank(values, weights, video_len, transform, spec.scoring.eps)
+        try:
+            ranking = rank(values, weights, video_len, transform, spec.scoring.eps)
+        except ScoreOverflow as exc:
+            field = "video_len_transform" if req.video_len_transform else f"candidates[{exc.index}].video_len"
+            raise ApiError(422, "score_overflow", f"candidates[{exc.index}]: {exc}; choose a length or transform "
+                           "parameters that keep f(video_len) below 1e308", field) from None  # fmt: skip
         body = {
             "request_id": req.request_id,
             "model": mv.name,
             "version": mv.version,
             "bucket": bucket,
-            "features_defaulted": encoded.defaulted,
+            "features_defaulted": encoded.defaulted + lengths_defaulted,
             "degraded": fetched.degraded,
             "items": self._items(candidates.ids, values, ranking, req),
         }
@@ -82,8 +89,44 @@ class Ranker:
             item["explain"] = {
                 "factors": {t: jsonrows.numbers(np.exp(lf[chosen])) for t, lf in ranking.log_factors.items()},
                 "f_video_len": jsonrows.numbers(np.exp(ranking.log_f_video_len[chosen])),
+                "log_score": jsonrows.numbers(ranking.log_score[chosen]),
             }
         return jsonrows.rows(item)
+
+    def _encoded(self, mv: ModelVersion, req: RankRequest, candidates: Candidates,
+                 shared: dict[str, Any], per_row: dict[str, Any]) -> Encoded:  # fmt: skip
+        """The model's inputs. A value the client sent that is not a number where one is needed is a
+        422 naming it; a broken value from the feature store takes its default (logged, counted)."""
+        scrubbed: set[str] = set()
+        while True:
+            try:
+                return mv.transform.encode(len(candidates.ids), shared, per_row)
+            except FeatureValueError as exc:
+                field = self._sent_field(mv, req, candidates, exc)
+                if field is not None:
+                    raise ApiError(422, "invalid_feature", str(exc), field) from None
+                if exc.feature in scrubbed:
+                    raise
+                log.warning("feature store value not usable (%s); it takes the default", exc)
+                self.metrics.degraded.labels("feature_store_value").inc()
+                scrubbed.add(exc.feature)
+                if exc.feature in per_row:  # the whole column at once: one retry per feature at most
+                    per_row[exc.feature] = usable_or_none(exc.feature, per_row[exc.feature])
+                else:
+                    shared[exc.feature] = None
+
+    @staticmethod
+    def _sent_field(mv: ModelVersion, req: RankRequest, candidates: Candidates, exc: FeatureValueError) -> str | None:
+        """Where the request sent the failing value; None when it came from the feature store."""
+        name = exc.feature
+        source = mv.transform.source_of.get(name)
+        if source == "user" and name in req.user.features:
+            return f"user.features.{name}"
+        if source == "context" and name in req.context:
+            return f"context.{name}"
+        if source == "item" and exc.row is not None and name in candidates.sent_features[exc.row]:
+            return f"candidates[{exc.row}].features.{name}"
+        return None
 
     def _checked(self, req: RankRequest) -> Candidates:
         """The request's limits, in the order the errors are reported; then its candidates as columns."""
@@ -112,8 +155,9 @@ class Ranker:
 
     @staticmethod
     def raw_features(mv: ModelVersion, req: RankRequest, candidates: Candidates,
-                     fetched: Fetched) -> tuple[dict, dict, np.ndarray]:  # fmt: skip
-        """Shared (user + context) and per-candidate raw values; the request wins over the store."""
+                     fetched: Fetched) -> tuple[dict, dict, np.ndarray, int]:  # fmt: skip
+        """Shared (user + context) and per-candidate raw values (the request wins over the store),
+        the candidates' video lengths, and how many lengths took the schema's default."""
         by_source = mv.transform.by_source
         id_features = mv.transform.from_id
         stored_user = fetched.user or {}
@@ -124,7 +168,7 @@ class Ranker:
             shared[name] = req.context.get(name)
 
         stored_items = [s or EMPTY for s in fetched.items]
-        video_len = candidates.video_len(stored_items)
+        video_len, defaulted = candidates.video_len(stored_items, mv.transform.dense_defaults.get(VIDEO_LEN))
         per_row: dict[str, Any] = {}
         for name in by_source["item"]:
             if name in id_features:
@@ -133,4 +177,4 @@ class Ranker:
                 per_row[name] = video_len
             else:
                 per_row[name] = candidates.feature(name, stored_items)
-        return shared, per_row, video_len
+        return shared, per_row, video_len, defaulted

@@ -343,10 +343,13 @@ class Registry:
         with self._locks[name]:
             for version in weights:
                 self._ready_entry(name, version)
-            total = sum(weights.values())
-            if total <= 0:
+            largest = max(weights.values())
+            if largest <= 0:
                 raise ApiError(422, "invalid_split", "split weights must have a positive sum", "weights")
-            shares = {v: w / total for v, w in weights.items() if w > 0}
+            # Scaled by the largest first, so that weights near the float limit (1e308) cannot sum to inf.
+            scaled = {v: w / largest for v, w in weights.items()}
+            total = sum(scaled.values())
+            shares = {v: w / total for v, w in scaled.items() if w > 0}
             active = max(shares, key=lambda v: (shares[v], v))
             state = RoutingState(active, shares if len(shares) > 1 else None)
             self._write_control(name, state)

@@ -95,8 +95,10 @@ class RankRequest(_Wire):
 
 
 class Explain(BaseModel):
-    factors: dict[str, float]
+    factors: dict[str, float] = Field(description="p_k^w_k per task with w_k > 0")
     f_video_len: float
+    log_score: float = Field(description="the exact log of the score, which orders the items: a score below "
+                             "1e-308 reads 0.0 in float64, its log does not")  # fmt: skip
 
 
 class RankedItem(BaseModel):

@@ -30,6 +30,20 @@ def log_video_len_factor(transform, video_len: np.ndarray) -> np.ndarray:
     raise TypeError(f"unknown video length transform {transform!r}")
 
 
+# The largest log of a finite float64 (log(1.797e308)). A score or f(video_len) above it would
+# read inf (null in JSON); one below -745 rounds to 0.0, which is still a number, and the order,
+# taken from the log score, stays exact.
+LOG_FLOAT_MAX = float(np.log(np.finfo(np.float64).max))
+
+
+class ScoreOverflow(ValueError):
+    """f(video_len) past the float64 range for one candidate (a power transform on an extreme length)."""
+
+    def __init__(self, index: int, video_len: float):
+        super().__init__(f"f(video_len) overflows float64 for video_len={video_len!r}")
+        self.index, self.video_len = index, video_len
+
+
 @dataclass(frozen=True)
 class Ranking:
     order: np.ndarray  # (B,) candidate indices, best first
@@ -48,8 +62,12 @@ def rank(
     """Rank B candidates from per-task model outputs (each (B,)) and per-task weights.
 
     Tasks with weight 0 drop out entirely; a NaN output counts as eps (the worst value).
+    Raises ScoreOverflow where f(video_len) is past the float64 range.
     """
     log_f = log_video_len_factor(transform, video_len)
+    if len(log_f) and log_f.max() > LOG_FLOAT_MAX:  # p_k^w_k <= 1, so only f can overflow
+        index = int(np.argmax(log_f))
+        raise ScoreOverflow(index, float(video_len[index]))
     log_score = log_f.copy()
     log_factors = {}
     for task, w in weights.items():

@@ -35,6 +35,7 @@ class Fetched:
     user: Features | None  # None: unknown user (or degraded)
     items: list[Features | None]  # one per requested id; None: unknown item (or degraded)
     degraded: bool = False  # the store could not be read; everything is a default
+    corrupt: int = 0  # rows that were not a JSON object of features; read as unknown
 
     @property
     def misses(self) -> int:
@@ -58,6 +59,7 @@ def read_table(path: Path) -> Iterator[Row]:
                 yield str(row["id"]), row["features"]
 
 
+_ROW_TYPES = {dict, type(None)}
 TABLES = {"user": "users.jsonl", "item": "items.jsonl"}
 
 
@@ -131,8 +133,33 @@ class RedisStore:
                     log.warning("feature store unavailable (%s); serving defaults for %.1fs", exc, self.retry_after_s)
                 self._down_until = time.monotonic() + self.retry_after_s
             return self._degraded(len(item_ids))
-        decoded = [orjson.loads(v) if v is not None else None for v in values]
-        return Fetched(decoded[0], decoded[1:])
+        try:
+            decoded = [orjson.loads(v) if v is not None else None for v in values]
+            if set(map(type, decoded)) <= _ROW_TYPES:  # C-level check of every row
+                return Fetched(decoded[0], decoded[1:])
+        except orjson.JSONDecodeError:
+            pass
+        return self._salvaged(keys, values)
+
+    @staticmethod
+    def _salvaged(keys: list[str], values: list[bytes | None]) -> Fetched:
+        """Rows decoded one by one: one that is not a JSON object of features (written by a broken
+        loader, or by hand) is read as an unknown id, not a failed request."""
+        rows: list[Features | None] = []
+        bad = []
+        for key, value in zip(keys, values):
+            row = None
+            if value is not None:
+                try:
+                    row = orjson.loads(value)
+                except orjson.JSONDecodeError:
+                    pass
+                if type(row) is not dict:
+                    row = None
+                    bad.append(key)
+            rows.append(row)
+        log.warning("feature store: %d corrupt rows read as unknown, e.g. %s", len(bad), bad[0])
+        return Fetched(rows[0], rows[1:], corrupt=len(bad))
 
     @staticmethod
     def _degraded(n: int) -> Fetched:

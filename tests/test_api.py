@@ -82,9 +82,25 @@ def test_explain_factors_multiply_to_the_score(client):
     for item in items:
         product = item["explain"]["f_video_len"] * math.prod(item["explain"]["factors"].values())
         assert product == pytest.approx(item["score"], rel=1e-9)
+        assert item["explain"]["log_score"] == pytest.approx(math.log(item["score"]), rel=1e-12)
 
 
-def test_request_features_override_the_store_and_defaults_are_counted(client, trained):
+def test_scores_stay_numbers_at_the_edges_of_float64(client):
+    # f(video_len) = len^5 past 1e308: refused, naming where it comes from (never a null score).
+    huge = client.post("/v1/rank", json=request(n=2, video_len_transform={"kind": "power", "alpha": 5},
+                                                candidates=[{"id": "a", "video_len": 9.0}, {"id": "b", "video_len": 1e300}]))  # fmt: skip
+    assert huge.status_code == 422, huge.text
+    assert huge.json()["error"]["code"] == "score_overflow" and huge.json()["error"]["field"] == "video_len_transform"
+    assert "candidates[1]" in huge.json()["error"]["message"]
+    # f below 1e-308 rounds to 0.0 in float64: the scores read 0 but the order follows the exact log score.
+    tiny = client.post("/v1/rank", json=request(n=2, explain=True, video_len_transform={"kind": "sigmoid", "mu": 900, "s": 1},
+                                                candidates=[{"id": "a", "video_len": 5.0}, {"id": "b", "video_len": 6.0}]))  # fmt: skip
+    items = tiny.json()["items"]
+    assert [i["score"] for i in items] == [0.0, 0.0]
+    assert items[0]["explain"]["log_score"] > items[1]["explain"]["log_score"] > -1000
+
+
+def test_request_features_override_the_store_and_defaults_are_counted(client, trained, spec):
     vid = trained.log.videos.index[0]
     stored_len = float(trained.log.videos.loc[vid, "video_len"])
     base = {"user": {"id": "u1"}, "candidates": [{"id": vid}]}
@@ -95,9 +111,20 @@ def test_request_features_override_the_store_and_defaults_are_counted(client, tr
     other = next(c for c in ("cars", "music") if c != trained.log.videos.loc[vid, "category"])
     r2 = client.post("/v1/rank", json={**base, "candidates": [{"id": vid, "features": {"category": other}}]})
     assert r2.json()["items"][0]["tasks"]["ctr"] != ctr_known  # the request's category was used
+    sent_len = {**base, "explain": True, "video_len_transform": {"kind": "log", "tau": 60},
+                "candidates": [{"id": vid, "features": {"video_len": stored_len + 100}}]}  # fmt: skip
+    f3 = client.post("/v1/rank", json=sent_len).json()["items"][0]["explain"]["f_video_len"]
+    assert f3 == pytest.approx(math.log1p((stored_len + 100) / 60), rel=1e-9)  # and its features.video_len
     unknown = client.post("/v1/rank", json={"user": {"id": "nobody"}, "candidates": [{"id": "new", "video_len": 9.0}]})
     assert unknown.status_code == 200
     assert unknown.json()["features_defaulted"] > r.json()["features_defaulted"]
+    # An unknown item sent without its length takes the schema's default length, counted like any default.
+    no_len = client.post("/v1/rank", json={"user": {"id": "nobody"}, "candidates": [{"id": "new"}], "explain": True,
+                                           "video_len_transform": {"kind": "log", "tau": 60}})  # fmt: skip
+    assert no_len.status_code == 200, no_len.text
+    default_len = next(f.default for f in spec.features if f.name == "video_len")
+    assert no_len.json()["items"][0]["explain"]["f_video_len"] == pytest.approx(math.log1p(default_len / 60), rel=1e-9)
+    assert no_len.json()["features_defaulted"] == unknown.json()["features_defaulted"] + 1
 
 
 @pytest.mark.parametrize(
@@ -109,7 +136,6 @@ def test_request_features_override_the_store_and_defaults_are_counted(client, tr
         ({"candidates": [{"id": "a", "video_len": 0}]}, "candidates[0].video_len"),
         ({"candidates": [{"id": "a", "video_len": -3}]}, "candidates[0].video_len"),
         ({"candidates": [{"id": "a", "video_len": "long"}]}, "candidates[0].video_len"),
-        ({"candidates": [{"id": "a"}]}, "candidates[0].video_len"),
         ({"top_k": 0}, "top_k"),
         ({"user": {"id": 42}}, "user.id"),
         ({"user": "u1"}, "user"),
@@ -117,7 +143,12 @@ def test_request_features_override_the_store_and_defaults_are_counted(client, tr
         ({"context": {"hour": {"nested": 1}}}, "context.hour"),
         ({"candidates": [{"id": "a", "video_len": 3, "features": {"tags": ["a", "b"]}}]}, "candidates[0].features.tags"),
         ({"video_len_transform": {"kind": "cubic"}}, "video_len_transform"),
-        ({"candidates": [{"id": "a", "video_len": 3, "features": {"video_age_days": "old"}}]}, "video_age_days"),
+        ({"candidates": [{"id": "a", "video_len": 3, "features": {"video_age_days": "old"}}]},
+         "candidates[0].features.video_age_days"),
+        ({"candidates": [{"id": "a", "video_len": 3}, {"id": "b", "video_len": 3, "features": {"author_followers": 10**400}}]},
+         "candidates[1].features.author_followers"),
+        ({"user": {"id": "u", "features": {"user_watch_minutes": -(10**400)}}}, "user.features.user_watch_minutes"),
+        ({"candidates": [{"id": "a", "features": {"video_len": "long"}}]}, "candidates[0].features.video_len"),
         ({"model": "../etc"}, "model"),
         ({"candidates": [{"id": "a", "video_len": 3}, {"id": "b", "video_len": 4}, {"id": "a", "video_len": 5}]},
          "candidates[2].id"),

@@ -106,3 +106,46 @@ def test_a_slow_redis_degrades_requests_within_the_timeout(trained, own_redis):
         assert metric(c, "ranker_degraded_requests_total", reason="feature_store") >= 10
         # Redis awake again: requests recover without a restart (after the store's back-off).
         wait_until(lambda: not ranks(c)["degraded"], timeout=15, what="features from Redis again")
+
+
+def test_broken_rows_in_redis_degrade_to_defaults_never_a_500_or_a_client_error(trained, redis_prefix, caplog):
+    import orjson
+    import redis
+
+    from tests.conftest import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    good = {"category": "music", "video_len": 12.0, "author_followers": 500}
+    client.set(f"{redis_prefix}feat:user:u7", b"not json")
+    client.set(f"{redis_prefix}feat:item:v1", b"[1, 2]")
+    client.set(f"{redis_prefix}feat:item:v2", orjson.dumps({"category": {"a": 1}, "video_len": 20.0}))
+    client.set(f"{redis_prefix}feat:item:v3", orjson.dumps({"video_len": "abc", "author_followers": "many"}))
+    client.set(f"{redis_prefix}feat:item:v4", orjson.dumps(good))
+    request = {"user": {"id": "u7"}, "candidates": [{"id": f"v{i}"} for i in range(1, 5)]}
+    app = create_app(settings(trained.models_dir, redis_url=REDIS_URL, redis_prefix=redis_prefix))
+    with TestClient(app) as c, caplog.at_level(logging.WARNING, logger="ranker"):
+        r = c.post("/v1/rank", json=request)
+        assert r.status_code == 200, r.text
+        # The broken row and the broken values took their defaults; the good row was used as stored.
+        client.set(f"{redis_prefix}feat:item:v1", orjson.dumps(good))
+        client.set(f"{redis_prefix}feat:item:v3", orjson.dumps(good))
+        fixed = c.post("/v1/rank", json=request).json()
+        assert r.json()["features_defaulted"] > fixed["features_defaulted"]
+        tasks = {i["id"]: i["tasks"] for i in r.json()["items"]}
+        assert tasks["v4"] == {i["id"]: i["tasks"] for i in fixed["items"]}["v4"]
+        assert metric(c, "ranker_degraded_requests_total", reason="feature_store_row") == 2  # the user row, each time
+        assert metric(c, "ranker_degraded_requests_total", reason="feature_store_value") == 1  # v3's number
+        assert "corrupt rows" in caplog.text and "feature store value not usable" in caplog.text
+        # The same values sent by the client are the client's mistake: 422 naming the field.
+        sent = {"user": {"id": "u7"}, "candidates": [{"id": "v4", "features": {"author_followers": "many"}}]}
+        r = c.post("/v1/rank", json=sent)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "candidates[0].features.author_followers"
+
+
+def test_redis_down_serves_default_lengths_instead_of_blaming_the_client(trained, own_redis):
+    app = create_app(settings(trained.models_dir, redis_url=own_redis.url, redis_timeout_ms=50))
+    with TestClient(app) as c:
+        own_redis.stop()
+        r = c.post("/v1/rank", json={"user": {"id": "u7"}, "candidates": [{"id": "v1"}, {"id": "v2", "video_len": 9.0}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["degraded"] is True and r.json()["features_defaulted"] > 0

@@ -59,11 +59,21 @@ def test_shared_values_broadcast_like_repeated_rows():
     np.testing.assert_array_equal(a.dense, b.dense)
 
 
-@pytest.mark.parametrize("bad", ["abc", float("inf"), [1, 2]])
-def test_non_numeric_dense_values_are_rejected_with_the_feature_name(bad):
+@pytest.mark.parametrize("bad", ["abc", float("inf"), [1, 2], 10**400, -(10**309)])
+def test_non_numeric_dense_values_are_rejected_with_the_feature_name_and_row(bad):
     with pytest.raises(FeatureValueError) as info:
-        FeatureTransform(SPECS).encode(2, per_row={"len": [1.0, bad]})
-    assert info.value.feature == "len"
+        FeatureTransform(SPECS).encode(3, per_row={"len": [1.0, bad, 2.0]})
+    assert (info.value.feature, info.value.row) == ("len", 1)
+    assert len(str(info.value)) < 100  # a 400-digit value is cut short in the message
+    with pytest.raises(FeatureValueError) as info:
+        FeatureTransform(SPECS).encode(3, shared={"len": bad})
+    assert (info.value.feature, info.value.row) == ("len", None)
+
+
+def test_usable_or_none_keeps_numbers_and_drops_the_rest():
+    from service.features import usable_or_none
+
+    assert usable_or_none("len", [1, "2.5", None, "abc", 10**400, True, [1]]) == [1, "2.5", None, None, None, True, None]
 
 
 def test_fit_dense_standardises_training_values():
@@ -97,7 +107,7 @@ def test_training_and_serving_encode_the_same_raw_record_identically():
             "candidates": [{"id": imp["video_id"]}],
         })
         candidates = Candidates.of(req.candidates)
-        shared, per_row, _ = Ranker.raw_features(mv, req, candidates, store.fetch(req.user.id, candidates.ids))
+        shared, per_row, _, _ = Ranker.raw_features(mv, req, candidates, store.fetch(req.user.id, candidates.ids))
         served = transform.encode(1, shared, per_row)
         np.testing.assert_array_equal(served.sparse_ids[0], trained.sparse_ids[out_row])
         np.testing.assert_array_equal(served.dense[0], trained.dense[out_row])
@@ -112,3 +122,11 @@ def test_remembered_strings_never_change_ids_of_equal_values_of_other_types():
         got = t.encode(len(column), per_row={"hour": column}).sparse_ids[:, 2].tolist()
         assert got == expected
     assert expected[0] == expected[2] == expected[3] != expected[1] == expected[4]
+
+
+def test_a_nested_value_for_a_categorical_feature_counts_as_missing():
+    t = FeatureTransform(SPECS)
+    nested = t.encode(3, per_row={"tier": [{"a": 1}, ["b"], "b"]})
+    missing = t.encode(3, per_row={"tier": [None, None, "b"]})
+    np.testing.assert_array_equal(nested.sparse_ids, missing.sparse_ids)
+    assert nested.defaulted == missing.defaulted

@@ -184,6 +184,9 @@ def test_split_keeps_each_user_in_one_arm_and_matches_the_weights(repo):
             assert body["version"] == arms[i] and 0 <= body["bucket"] < 10_000
         rows = {m["version"]: m["traffic_share"] for m in c.get("/v1/models").json()["models"]}
         assert rows == {1: 0.7, 2: 0.3}
+        # Weights near the float limit: their sum would be inf, and every share 0.
+        r = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 1e308, "2": 1e308}}, headers=AUTH)
+        assert r.json()["split"] == {"1": 0.5, "2": 0.5}
 
 
 def test_admin_needs_the_bearer_token(repo):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from service.modelspec import LogTransform, NoneTransform, PowerTransform, SigmoidTransform
-from service.scoring import log_video_len_factor, rank
+from service.scoring import ScoreOverflow, log_video_len_factor, rank
 
 TRANSFORMS = [NoneTransform(), LogTransform(tau=45.0), SigmoidTransform(mu=20.0, s=8.0), PowerTransform(alpha=-0.4)]
 
@@ -82,3 +82,12 @@ def test_f_stays_positive_and_finite_for_every_allowed_length(transform):
     assert np.all(np.isfinite(log_f))
     middle = length[2:5]
     np.testing.assert_allclose(np.exp(log_video_len_factor(transform, middle)), reference_f(transform, middle), rtol=1e-9)
+
+
+def test_an_f_past_the_float_range_is_refused_not_returned_as_inf():
+    values = {"ctr": np.array([0.5, 0.5, 0.5])}
+    with pytest.raises(ScoreOverflow) as caught:
+        rank(values, {"ctr": 1.0}, np.array([10.0, 1e300, 1e200]), PowerTransform(alpha=5.0))
+    assert (caught.value.index, caught.value.video_len) == (1, 1e300)
+    ranking = rank(values, {"ctr": 1.0}, np.array([10.0, 1e61, 1e300]), PowerTransform(alpha=-5.0))
+    assert ranking.order.tolist() == [0, 1, 2] and np.isfinite(ranking.log_score).all()

@@ -59,9 +59,9 @@ class RankingCore:
         stored = [self.items.get(c["id"], {}) for c in candidates]
         lengths = []
         for c, s in zip(candidates, stored):
-            length = c.get(VIDEO_LEN) or s.get(VIDEO_LEN)
+            length = c.get(VIDEO_LEN) or (c.get("features") or {}).get(VIDEO_LEN) or s.get(VIDEO_LEN)
             if not isinstance(length, (int, float)) or not 0 < length < math.inf:
-                raise ValueError("video_len (seconds, > 0) is required when the store does not know the item")
+                length = self.transform.dense_defaults[VIDEO_LEN]  # as the service: the schema's default
             lengths.append(float(length))
         per_row: dict[str, list] = {}
         for name in self.transform.by_source["item"]:
