@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,18 +24,33 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return JSONBytes({"error": {"code": code, "message": message, "field": field}}, status_code=status)
 
 
+# Fields holding a union tagged by "kind": pydantic puts the tag's value in an error's location
+# (video_len_transform.log.tau), where it is not a field.
+TAGGED_UNIONS = {"video_len_transform"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def field_path(loc: tuple | list) -> str | None:
-    """('body', 'candidates', 3, 'video_len') -> 'candidates[3].video_len'."""
+    """('body', 'candidates', 3, 'video_len') -> 'candidates[3].video_len'.
+
+    A key that is not a plain name is quoted (features[""], weights["a.b"]) and cut at 64 characters.
+    """
     path = ""
-    for part in loc:
+    parts = list(loc)
+    for i, part in enumerate(parts):
         if part in ("body", "query", "path") and not path:
             continue
         if isinstance(part, int):
             path += f"[{part}]"
-        elif str(part).startswith(("function-", "tagged-union[", "union[")):
-            continue  # pydantic's names for union branches, not fields
-        else:
+        elif part == "[key]" or str(part).startswith(("function-", "tagged-union[", "union[")):
+            continue  # pydantic's marks for "the key itself" and for union branches, not fields
+        elif i > 0 and parts[i - 1] in TAGGED_UNIONS:
+            continue
+        elif _NAME.fullmatch(str(part)) and len(str(part)) <= 64:
             path += f".{part}" if path else str(part)
+        else:
+            key = str(part) if len(str(part)) <= 64 else str(part)[:61] + "..."
+            path += "[" + json.dumps(key) + "]"
     return path or None
 
 

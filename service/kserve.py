@@ -15,11 +15,12 @@ from service.errors import ApiError
 from service.registry import ModelVersion
 
 DATATYPES = {"INT64": np.int64, "FP32": np.float32}
+ACCEPTED_KINDS = {"INT64": "iu", "FP32": "iuf"}  # numpy dtype kinds the JSON data may have
 ORT_TO_V2 = {"tensor(int64)": "INT64", "tensor(float)": "FP32"}
 
 
 class InferInput(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     name: str
     shape: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=4)
     datatype: str
@@ -68,7 +69,11 @@ def infer(mv: ModelVersion, req: InferRequest, max_batch: int) -> dict:
         if tensor.shape[0] > max_batch:
             raise ApiError(413, "batch_too_large", f"batch {tensor.shape[0]} over {max_batch}", f"{field}.shape")
         try:
-            array = np.asarray(tensor.data, dtype=DATATYPES[expected]).reshape(tensor.shape)
+            # Read as sent first: numpy would truncate 1.5 into an INT64 and parse "1" into an FP32.
+            sent = np.asarray(tensor.data)
+            if sent.size and sent.dtype.kind not in ACCEPTED_KINDS[expected]:
+                raise TypeError(sent.dtype)
+            array = sent.astype(DATATYPES[expected]).reshape(tensor.shape)
         except (ValueError, TypeError, OverflowError):
             raise ApiError(422, "wrong_data", f"data does not fill shape {tensor.shape} with {expected}", f"{field}.data") from None
         if expected == "FP32" and not np.isfinite(array).all():
@@ -80,8 +85,13 @@ def infer(mv: ModelVersion, req: InferRequest, max_batch: int) -> dict:
         raise ApiError(422, "wrong_shape", "every input needs the same, non-zero batch size", "inputs")
     if "sparse_ids" in arrays:  # ids past an embedding table would fail inside ONNX Runtime
         limits = np.array(mv.transform.cardinalities())
-        if (arrays["sparse_ids"] < 0).any() or (arrays["sparse_ids"] >= limits).any():
-            raise ApiError(422, "wrong_data", f"sparse_ids column j must lie in [0, {limits.tolist()}[j])", "inputs")
+        ids = arrays["sparse_ids"]
+        outside = (ids < 0) | (ids >= limits)
+        if outside.any():
+            row, col = (int(i) for i in np.argwhere(outside)[0])
+            k = next(k for k, t in enumerate(req.inputs) if t.name == "sparse_ids")
+            raise ApiError(422, "wrong_data", f"sparse_ids[{row}][{col}] is {ids[row, col]}; column {col} "
+                           f"({mv.transform.sparse[col].name}) takes ids in [0, {limits[col]})", f"inputs[{k}].data")  # fmt: skip
     outputs = mv.engine.run(arrays)
     wanted = [o.name for o in req.outputs] if req.outputs else list(outputs)
     for k, name in enumerate(wanted):

@@ -22,20 +22,25 @@ class _Strict(BaseModel):
 # ---- video-length transforms f(video_len), shared by model.json defaults and requests ----
 
 
-class NoneTransform(_Strict):
+class _Transform(_Strict):
+    # Strict types, as for every request field: "60" is not a number of seconds.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NoneTransform(_Transform):
     """f = 1: video length does not change the score."""
 
     kind: Literal["none"] = "none"
 
 
-class LogTransform(_Strict):
+class LogTransform(_Transform):
     """f = log(1 + len / tau): grows slowly with length; tau in seconds."""
 
     kind: Literal["log"] = "log"
     tau: Finite = Field(60.0, gt=0)
 
 
-class SigmoidTransform(_Strict):
+class SigmoidTransform(_Transform):
     """f = 1 / (1 + exp(-(len - mu) / s)): a soft step around mu seconds."""
 
     kind: Literal["sigmoid"] = "sigmoid"
@@ -43,7 +48,7 @@ class SigmoidTransform(_Strict):
     s: Finite = Field(15.0, gt=0)
 
 
-class PowerTransform(_Strict):
+class PowerTransform(_Transform):
     """f = len ** alpha; alpha < 0 favours short videos."""
 
     kind: Literal["power"] = "power"

@@ -155,6 +155,19 @@ def test_request_features_override_the_store_and_defaults_are_counted(client, tr
         ({"user": {"id": "u", "features": {"device": "x" * 2000}}}, "user.features.device"),
         ({"user": {"id": "u" * 300}}, "user.id"),
         ({"unexpected": 1}, "unexpected"),
+        # Strict types: nothing is coerced.
+        ({"top_k": True}, "top_k"),
+        ({"top_k": "2"}, "top_k"),
+        ({"top_k": 2.0}, "top_k"),
+        ({"version": "1"}, "version"),
+        ({"explain": "yes"}, "explain"),
+        ({"explain": 1}, "explain"),
+        ({"candidates": [{"id": "a", "video_len": "35"}]}, "candidates[0].video_len"),
+        ({"candidates": [{"id": "a", "video_len": True}]}, "candidates[0].video_len"),
+        ({"weights": {"vtr": "0.5"}}, "weights.vtr"),
+        ({"weights": {"vtr": False}}, "weights.vtr"),
+        ({"weights": {"x" * 100: 1.0}}, "weights"),
+        ({"video_len_transform": {"kind": "log", "tau": "60"}}, "video_len_transform.tau"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(client, change, field):
@@ -173,7 +186,7 @@ def test_bad_input_is_a_422_naming_the_field(client, change, field):
         (b'{"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3}], "weights": {"ctr": %s}}', "weights.ctr"),
         (b'{"user": {"id": "u"}, "context": {"hour": %s}, "candidates": [{"id": "a", "video_len": 3}]}', "context.hour"),
         (b'{"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3}], '
-         b'"video_len_transform": {"kind": "power", "alpha": %s}}', "video_len_transform.power.alpha"),
+         b'"video_len_transform": {"kind": "power", "alpha": %s}}', "video_len_transform.alpha"),
     ],
 )
 def test_non_finite_numbers_anywhere_are_rejected(client, literal, template, field):
@@ -236,3 +249,21 @@ def test_the_openapi_examples_are_valid_requests(client):
         r = client.post("/v1/rank", json=example)
         assert r.status_code == 200, r.text
         assert len(r.json()["items"]) == min(example.get("top_k") or 99, len(example["candidates"]))
+
+
+@pytest.mark.parametrize(
+    "loc, field",
+    [
+        (("body", "candidates", 3, "video_len"), "candidates[3].video_len"),
+        (("body", "candidates", 0, "features", "", "[key]"), 'candidates[0].features[""]'),
+        (("body", "weights", "one", "[key]"), "weights.one"),
+        (("body", "weights", "a.b"), 'weights["a.b"]'),
+        (("body", "weights", "x" * 100, "[key]"), 'weights["' + "x" * 61 + '..."]'),
+        (("body", "video_len_transform", "log", "tau"), "video_len_transform.tau"),
+        (("body",), None),
+    ],
+)
+def test_error_fields_name_the_path_as_a_client_would_write_it(loc, field):
+    from service.errors import field_path
+
+    assert field_path(loc) == field

@@ -211,6 +211,13 @@ def test_admin_conflicts_and_unknowns(repo):
         assert r.status_code == 422 and r.json()["error"]["field"] == "weights"
         r = c.put("/v1/admin/models/ple/split", json={"weights": {"2": 1, "1": 1}}, headers=AUTH)
         assert r.status_code == 404  # version 1 is not loaded
+        # Strict types: nothing is coerced into a version or a weight.
+        for weights in ({" 2": 1}, {"2.0": 1}, {"02": 1}, {"two": 1}, {"2": "0.5"}, {"2": True}):
+            r = c.put("/v1/admin/models/ple/split", json={"weights": weights}, headers=AUTH)
+            assert r.status_code == 422 and r.json()["error"]["field"].startswith("weights"), (weights, r.text)
+        for version in ("2", True, 2.0):
+            r = c.post("/v1/admin/models/ple/activate", json={"version": version}, headers=AUTH)
+            assert r.status_code == 422 and r.json()["error"]["field"] == "version", (version, r.text)
         assert c.post("/v1/rank", json={**REQUEST, "version": 1}).status_code == 404
 
 
