@@ -54,6 +54,11 @@ def field_path(loc: tuple | list) -> str | None:
     return path or None
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -68,6 +73,13 @@ def install_error_handlers(app: FastAPI) -> None:
         # The body itself is the problem (not JSON, not an object): name it rather than a position.
         kind = first.get("type")
         whole_body = kind == "json_invalid" or (kind in ("model_attributes_type", "dict_type", "missing") and len(loc) == 1)
+        content_type = request.headers.get("content-type", "")
+        if whole_body and loc[:1] == ("body",) and not _is_json(content_type):
+            # FastAPI reads only JSON-typed bodies; say so rather than "not a valid dictionary".
+            request.state.error_kind = "unsupported_media_type"
+            return error_response(415, "unsupported_media_type",
+                                  f"send the body as JSON with 'Content-Type: application/json' (got {content_type[:64]!r})",
+                                  "content-type")  # fmt: skip
         field = "body" if whole_body and loc[:1] == ("body",) else field_path(loc)
         message = f"{field}: {first['msg']}" if field else first["msg"]
         if len(errors) > 1:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import BaseRoute, Match
 
 if TYPE_CHECKING:
     from service.registry import ModelVersion
@@ -74,10 +76,19 @@ class Metrics:
 
 
 class RequestMetricsMiddleware:
-    """Pure ASGI middleware: latency by route template (not raw path, to bound label values)."""
+    """Pure ASGI middleware: latency by route template (not raw path, to bound label values), and
+    errors by kind, including unhandled exceptions (answered as 500 outside this middleware)."""
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, routes: Sequence[BaseRoute] = ()):
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    def _template(self, scope) -> str:
+        """The route a request was for when it was answered before routing (a body limit's 413/408)."""
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return getattr(route, "path", "unmatched")
+        return "unmatched"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -91,13 +102,17 @@ class RequestMetricsMiddleware:
             await send(message)
 
         self.metrics.in_flight.inc()
+        kind = None
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            kind = "internal"
+            raise
         finally:
             self.metrics.in_flight.dec()
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = getattr(route, "path", "unmatched") if route is not None else self._template(scope)
             self.metrics.requests.labels(path, scope["method"], str(status["code"])).observe(time.perf_counter() - start)
-            kind = scope.get("state", {}).get("error_kind")
+            kind = kind or scope.get("state", {}).get("error_kind")
             if kind:
                 self.metrics.errors.labels(kind).inc()

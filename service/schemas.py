@@ -135,7 +135,7 @@ class ErrorResponse(BaseModel):
 
 def error_responses(*codes: int) -> dict:
     """OpenAPI entries for the error statuses a route answers, each in the one error shape
-    (400: a body that is not JSON at all; 413/408: the body limits of service.limits)."""
+    (400: a body that is not JSON at all; 415: one not sent as JSON; 413/408: the body limits of service.limits)."""
     return {code: {"model": ErrorResponse} for code in codes}
 
 

@@ -267,3 +267,13 @@ def test_error_fields_name_the_path_as_a_client_would_write_it(loc, field):
     from service.errors import field_path
 
     assert field_path(loc) == field
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_sent_as_json_is_a_415_that_says_so(client, content_type):
+    body = b'{"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3.0}]}'
+    r = client.post("/v1/rank", content=body, headers={"content-type": content_type} if content_type else {})
+    assert r.status_code == 415, r.text
+    assert r.json()["error"]["field"] == "content-type" and "application/json" in r.json()["error"]["message"]
+    ok = client.post("/v1/rank", content=body, headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200

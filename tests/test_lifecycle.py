@@ -194,6 +194,9 @@ def test_admin_needs_the_bearer_token(repo):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": "Basic x"}):
             r = c.post("/v1/admin/models/ple/activate", json={"version": 2}, headers=headers)
             assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+            # The token is checked before the body is read: garbage without it is a 401 too.
+            r = c.put("/v1/admin/models/ple/split", content=b"{not json", headers=headers)
+            assert r.status_code == 401, r.text
     with TestClient(create_app(Settings(models_dir=repo, features_dir=None, watch="off"))) as c:
         r = c.post("/v1/admin/models/ple/activate", json={"version": 2}, headers=AUTH)
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"

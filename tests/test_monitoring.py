@@ -89,3 +89,22 @@ def test_dashboard_page_and_its_data(client):
     assert data["inference_ms"]["p99"] > 0 and data["candidates_per_request"] > 1
     models = [(m["name"], m["version"], m["active"], m["traffic_share"]) for m in data["models"]]
     assert models == [("ple", 1, True, 1.0)]
+
+
+def test_unhandled_errors_and_early_rejections_are_counted_under_their_route(trained):
+    settings = Settings(models_dir=trained.models_dir, features_dir=trained.features_dir, max_body_bytes=2000)
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as c:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        app.state.ranker.rank = broken
+        assert c.post("/v1/rank", json=rank_body(3)).status_code == 500
+        assert c.post("/v1/rank", json=rank_body(100)).status_code == 413  # answered before routing
+        after = scrape(c)
+    assert sample(after, "ranker_errors_total", kind="internal") == 1
+    assert sample(after, "ranker_errors_total", kind="body_too_large") == 1
+    assert sample(after, "ranker_request_duration_seconds_count", route="/v1/rank", status="500") == 1
+    assert sample(after, "ranker_request_duration_seconds_count", route="/v1/rank", status="413") == 1
+    assert sample(after, "ranker_request_duration_seconds_count", route="unmatched") == 0

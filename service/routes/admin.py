@@ -1,9 +1,10 @@
 """Admin endpoints of DESIGN.md: load, activate, rollback, unload, split. Bearer token required."""
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any, Callable, Coroutine
 
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi.routing import APIRoute
 
 from service.control import RoutingState
 from service.deps import RegistryDep, SettingsDep
@@ -22,8 +23,24 @@ def require_admin(settings: SettingsDep, authorization: Annotated[str | None, He
         raise ApiError(401, "unauthorized", "admin endpoints need 'Authorization: Bearer <RANKER_ADMIN_TOKEN>'")
 
 
-ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 422, 503)
-router = APIRouter(prefix="/v1/admin/models", tags=["admin"], dependencies=[Depends(require_admin)], responses=ERRORS)
+class AdminRoute(APIRoute):
+    """Checks the token before FastAPI reads the body: a caller without it learns nothing about what
+    a valid body looks like (a 401, not a 422 for malformed JSON)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            require_admin(request.app.state.settings, request.headers.get("authorization"))
+            return await handler(request)
+
+        return route_handler
+
+
+ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 503)
+# The dependency documents the Authorization header in the OpenAPI; AdminRoute has checked it already.
+router = APIRouter(prefix="/v1/admin/models", tags=["admin"], dependencies=[Depends(require_admin)], responses=ERRORS,
+                   route_class=AdminRoute)  # fmt: skip
 Name = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[int, Path(ge=1)]
 

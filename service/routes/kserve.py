@@ -11,7 +11,7 @@ from service.registry import NAME_PATTERN
 from service.responses import JSONBytes
 from service.schemas import error_responses
 
-router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=error_responses(400, 404, 408, 409, 413, 422, 503))
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=error_responses(400, 404, 408, 409, 413, 415, 422, 503))
 Name = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[int, Path(ge=1)]
 

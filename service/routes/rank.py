@@ -10,7 +10,7 @@ from service.schemas import RankRequest, RankResponse, error_responses
 router = APIRouter(tags=["ranking"], route_class=JSONRoute)  # bodies read by orjson
 log = logging.getLogger("ranker")
 
-ERRORS = error_responses(400, 404, 408, 409, 413, 422, 503)
+ERRORS = error_responses(400, 404, 408, 409, 413, 415, 422, 503)
 
 
 @router.post("/v1/rank", response_model=RankResponse, response_class=JSONBytes, responses=ERRORS)
