@@ -6,6 +6,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.control import ControlPlane, InProcessControl, RedisControl
 from service.engine import choose_providers
@@ -56,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             registry.close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package, not from a CDN, so
+    # they render where the service runs without internet access.
+    app = FastAPIOffline(
         title="ple-ranker",
         version="0.1.0",
         description="Ranks candidate videos for one user with a multi-task (PLE) model on ONNX Runtime.",

@@ -270,3 +270,28 @@ def test_dashboard_in_headless_chromium_updates_after_traffic(server, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+def test_docs_render_in_headless_chromium_with_no_internet(server):
+    chromium = need_tool("chromium", "chromium")
+    from playwright.sync_api import sync_playwright
+
+    outside: list[str] = []
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync", "--disable-quic"])  # fmt: skip
+        try:
+            page = browser.new_page()
+            # Everything but the service is cut off, as in a cluster with no way out.
+            page.route(lambda url: not url.startswith(server.url), lambda route: (outside.append(route.request.url), route.abort()))
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+            page.goto(f"{server.url}/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=15_000)  # Swagger UI drew the operations
+            operations = page.locator(".opblock-summary-path").all_inner_texts()
+        finally:
+            browser.close()
+    assert outside == [] and problems == []
+    assert "/v1/rank" in operations and any(op.startswith("/v1/admin/models") for op in operations), operations
