@@ -58,3 +58,31 @@ def test_a_video_len_sent_among_the_features_must_be_a_length(sent):
         assert c.video_len([EMPTY])[0].tolist() == [1.0]
         return
     assert error(lambda: c.video_len([{"video_len": 10.0}])) == (422, "invalid_video_len", "candidates[0].features.video_len")
+
+
+def test_a_feature_sent_with_a_candidate_wins_over_the_store_even_when_null():
+    c = Candidates.of([{"id": "a", "features": {"category": "music"}}, {"id": "b"},
+                       {"id": "c", "features": {"category": None}}, {"id": "d", "features": {"other": 1}}])  # fmt: skip
+    stored = [{"category": "news"}, {"category": "food"}, {"category": "pets"}, EMPTY]
+    assert c.feature("category", stored) == ["music", "food", None, None]
+    nothing_sent = Candidates.of([{"id": "a"}, {"id": "b"}])
+    assert nothing_sent.feature("category", [{"category": "news"}, EMPTY]) == ["news", None]
+    assert np.isnan(nothing_sent.sent_video_len).all() and EMPTY == {}
+
+
+def test_limit_errors_keep_their_order_and_fields(trained):
+    settings = Settings(models_dir=trained.models_dir, features_dir=trained.features_dir, max_features=2)
+    many = {"a": 1, "b": 2, "c": 3}
+    with TestClient(create_app(settings)) as client:
+
+        def field(body):
+            r = client.post("/v1/rank", json={"user": {"id": "u1"}, **body})
+            assert r.status_code == 422, r.text
+            return r.json()["error"]["field"]
+
+        dup = [{"id": "a", "video_len": 3.0}, {"id": "a", "video_len": 3.0, "features": many}]
+        assert field({"candidates": dup, "context": many}) == "candidates[1].id"  # repeated ids first
+        one = [{"id": "a", "video_len": 3.0, "features": many}]
+        assert field({"candidates": one, "context": many}) == "context"  # then user and context
+        two = [{"id": "a", "video_len": 3.0}, {"id": "b", "video_len": 3.0, "features": many}]
+        assert field({"candidates": two}) == "candidates[1].features"  # then each candidate

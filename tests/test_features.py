@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import pytest
 
+from service.candidates import Candidates
 from service.features import MISSING_ID, FeatureTransform, FeatureValueError, fit_dense, stable_hash
 from service.modelspec import FeatureSpec
-from service.candidates import Candidates
 from service.ranking import Ranker
 from service.schemas import RankRequest
 from service.store import InProcessStore
