@@ -10,7 +10,7 @@ from fastapi_offline import FastAPIOffline
 
 from service.control import ControlPlane, InProcessControl, RedisControl
 from service.engine import choose_providers
-from service.errors import install_error_handlers
+from service.errors import InternalErrorMiddleware, install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.livestats import LiveStats
 from service.metrics import Metrics, RequestMetricsMiddleware
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(InternalErrorMiddleware)
     # Our routers' own routes (full paths): the metrics name the route of a request answered before routing.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics_, routes=[r for rt in routers for r in rt.routes])
     return app

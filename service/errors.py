@@ -93,8 +93,35 @@ def install_error_handlers(app: FastAPI) -> None:
         request.state.error_kind = code
         return error_response(exc.status_code, code, str(exc.detail), "body" if exc.status_code == 400 else None)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s", request.url.path)
-        request.state.error_kind = "internal"
-        return error_response(500, "internal", "internal error; see the service log")
+
+
+class InternalErrorMiddleware:
+    """A bug answers 500 in the one error shape and keeps the connection.
+
+    Starlette's handler for unhandled exceptions re-raises after answering, and uvicorn then drops
+    the connection: a client's next request on that keep-alive connection was reset. Here the
+    exception is logged and answered, not re-raised, unless the response had already started
+    (then the connection must close, the answer being cut short).
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            scope.setdefault("state", {})["error_kind"] = "internal"
+            if started:
+                raise
+            await error_response(500, "internal", "internal error; see the service log")(scope, receive, send)

@@ -149,3 +149,25 @@ def test_redis_down_serves_default_lengths_instead_of_blaming_the_client(trained
         r = c.post("/v1/rank", json={"user": {"id": "u7"}, "candidates": [{"id": "v1"}, {"id": "v2", "video_len": 9.0}]})
         assert r.status_code == 200, r.text
         assert r.json()["degraded"] is True and r.json()["features_defaulted"] > 0
+
+
+def test_a_bug_answers_500_in_the_error_shape_and_keeps_the_connection(trained, caplog):
+    import httpx
+
+    from tests.conftest import live_server
+
+    app = create_app(settings(trained.models_dir))
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        wait_until(lambda: client.get("/health/ready").status_code == 200, timeout=30, what="ready")
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        app.state.ranker.rank = broken
+        with caplog.at_level(logging.ERROR, logger="ranker"):
+            answers = [client.post("/v1/rank", json=REQUEST) for _ in range(3)]  # one keep-alive connection
+        assert [r.status_code for r in answers] == [500, 500, 500]  # (the connection used to be reset after one)
+        assert answers[0].json() == {"error": {"code": "internal", "message": "internal error; see the service log",
+                                               "field": None}}  # fmt: skip
+        assert "unhandled error on POST /v1/rank" in caplog.text and "a bug" in caplog.text
+        assert metric(client, "ranker_errors_total", kind="internal") == 3
