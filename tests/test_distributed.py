@@ -1,18 +1,24 @@
 """torchrun data-parallel training on 2 CPU processes (gloo) gives one normal version folder; the
-training device (--device) and the process group's backend follow the hardware."""
+training device (--device) and the process group's backend follow the hardware; the loss under
+DDP is each task's masked mean over the global batch."""
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
 
-from service.modelspec import ModelSpec
+from service.modelspec import ModelSpec, TaskSpec
 from service.registry import load_version
 from service.settings import Settings
 from tests.conftest import BIN, stream_args
 from training import cli
-from training.distributed import backend_for, resolve_device
+from training.distributed import backend_for, loss_denominators, resolve_device
+from training.losses import masked_task_losses
 
 
 def torchrun_2_cpus(*args: str) -> subprocess.CompletedProcess:
@@ -93,3 +99,59 @@ def test_a_cuda_process_takes_the_gpu_of_its_local_rank_and_nccl(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(ValueError, match="LOCAL_RANK 2, but only 2"):
         resolve_device("cuda")
+
+
+LOSS_TASKS = [
+    TaskSpec(name="ctr", kind="binary", label="click", output="ctr"),
+    TaskSpec(name="vcr", kind="regression", label="ratio", output="vcr", sample_space="ctr", value_range=(0.0, 1.0)),
+    TaskSpec(name="shr", kind="binary", label="share", output="shr", sample_space="ctr"),
+]
+
+
+def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """8 rows, 4 per process: ctr in space everywhere; vcr 3 rows on rank 0 and 1 on rank 1; shr
+    2 rows on rank 0 and none on rank 1. Labels outside a space are NaN."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, generator=g)
+    masks = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 0, 0],  # rank 0
+                          [1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]]).bool()  # rank 1
+    labels = torch.where(masks, torch.rand(8, 3, generator=g).round(), float("nan"))
+    return x, labels, masks
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(3, len(LOSS_TASKS))  # (B, 3) -> (B, K) logits
+
+
+def ddp_loss_worker(rank: int, world: int, folder: str) -> None:
+    """One process: its half of the global batch through DDP, the trainer's loss, backward."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        x, labels, masks = global_batch()
+        share = torch.tensor_split(torch.arange(len(x)), world)[rank]  # as in_memory_batches splits a step
+        model = tiny_model()
+        ddp = nn.parallel.DistributedDataParallel(model)  # kept: its hooks average the gradients in backward
+        logits = ddp(x[share]).T  # (K, b)
+        per_task = masked_task_losses(logits, labels[share], masks[share], LOSS_TASKS,
+                                      loss_denominators(masks[share], world))  # fmt: skip
+        per_task.sum().backward()
+        mean = per_task.detach().clone()
+        dist.all_reduce(mean)
+        torch.save({"loss": mean / world, "grads": [p.grad for p in model.parameters()]}, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_loss_is_the_masked_mean_of_the_global_batch_when_processes_hold_different_in_space_counts(tmp_path):
+    mp.spawn(ddp_loss_worker, args=(2, str(tmp_path)), nprocs=2)
+    x, labels, masks = global_batch()
+    model = tiny_model()
+    expected = masked_task_losses(model(x).T, labels, masks, LOSS_TASKS)  # one process, the whole batch
+    expected.sum().backward()
+    for rank in (0, 1):
+        got = torch.load(Path(tmp_path) / f"rank{rank}.pt")
+        torch.testing.assert_close(got["loss"], expected.detach())
+        for grad, want in zip(got["grads"], (p.grad for p in model.parameters())):
+            torch.testing.assert_close(grad, want)

@@ -2,13 +2,17 @@
 and ranker-train --data parquet producing a normal version folder."""
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 from service.modelspec import ModelSpec, sha256_file
 from tests.conftest import stream_args
 from training import cli
 from training.data.stream import ParquetStream, split_of
-from training.train import fit_features
+from training.models import config_with
+from training.train import TrainConfig, fit_features, run_parquet_training
 
 
 def test_split_is_seeded_follows_the_fractions_and_ignores_chunking():
@@ -59,3 +63,29 @@ def test_ranker_train_streams_a_parquet_file_into_a_version_folder(parquet_log, 
     assert spec.training_data.rows["train"] + spec.training_data.rows["validation"] + spec.training_data.rows["test"] == 5000
     assert "auc" in spec.metrics["test.ctr"]
     assert cli.main(["--data", "parquet", "--out", str(tmp_path)]) == 2  # no path given: a clear error
+
+
+def test_null_labels_read_as_nan_outside_the_space_and_leave_it_inside_and_training_stays_finite(parquet_log, tmp_path):
+    """A producer may write null where a task has no label: outside the task's sample space it is
+    never read; inside it the row has no target, so it leaves that task's space."""
+    data, path = parquet_log
+    table = pq.read_table(path)
+    k = [t.name for t in data.tasks].index("vtr")
+    null = ~data.masks[:, k] | (np.arange(len(data)) % 7 == 0)  # outside the click space, and 1 row in 7
+    column = pa.array(np.where(null, 0.0, data.labels[:, k]).astype(np.float32), mask=null)
+    i = table.schema.get_field_index("label.vtr")
+    pq.write_table(table.set_column(i, table.schema.field(i), column), tmp_path / "nulls.parquet", row_group_size=900)
+
+    chunks = [chunk for _, chunk in ParquetStream(tmp_path / "nulls.parquet", chunk_rows=700).chunks()]
+    labels, masks = np.concatenate([c.labels for c in chunks]), np.concatenate([c.masks for c in chunks])
+    np.testing.assert_array_equal(np.isnan(labels[:, k]), null)
+    np.testing.assert_array_equal(masks[:, k], data.masks[:, k] & ~null)
+    np.testing.assert_array_equal(np.delete(masks, k, axis=1), np.delete(data.masks, k, axis=1))
+    assert (data.masks[:, k] & null).any()  # some rows did leave the space
+
+    config, model = TrainConfig(epochs=1, batch_size=256, progress=False), config_with("cgc", {"expert_hidden": (8,)})
+    result = run_parquet_training(tmp_path / "nulls.parquet", "cgc", config, model, log=lambda _: None, chunk_rows=1000)
+    assert all(np.isfinite(v) for v in result.history[0].values())
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    test_rows = split_of(np.arange(len(data)), 0, data.split_fractions) == 2
+    assert result.metrics["test"]["vtr"]["samples"] == (data.masks[test_rows, k] & ~null[test_rows]).sum()

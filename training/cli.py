@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from service.modelspec import TaskSpec
 from training import config as run_config
 from training.data import Dataset, census, data_root, kuairand, synthetic, videolog
 from training.distributed import DEVICES, resolve_device
@@ -28,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--config", type=Path, default=None, help="TOML file with [run], [train], [model], [data.<name>]")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="assignments",
-                   help="override any config value, e.g. --set model.n_levels=3 --set train.loss_gamma.ctr=0.9")  # fmt: skip
+                   help="override any config value, e.g. --set model.n_levels=3 --set train.loss_gamma.ctr=0.9 "
+                        "(train.loss_w0 / loss_gamma name tasks of the chosen data: ctr is videolog's)")  # fmt: skip
     p.add_argument("--data", choices=DATA_SETS, default=None, help="training data (default videolog: the simulator)")
     p.add_argument("--model", choices=sorted(FAMILIES), default=None, help="model family (default ple)")
     p.add_argument("--epochs", type=int, default=None)
@@ -75,6 +77,20 @@ def data_overrides(args: argparse.Namespace, data: str) -> dict:
     return {"data": {data: {k: v for k, v in options.items() if v is not None}}}
 
 
+def data_tasks(name: str, options: dict) -> list[TaskSpec]:
+    """The chosen data set's tasks, known before any of its rows is loaded or read."""
+    if name == "parquet":
+        if "path" not in options:
+            raise ValueError("--data parquet needs --set data.parquet.path=FILE")
+        from training.data.stream import ParquetStream
+
+        return ParquetStream(options["path"]).tasks  # from the file's metadata
+    loaders = {"videolog": videolog, "census": census, "kuairand": kuairand, "synthetic": synthetic}
+    if name not in loaders:
+        raise ValueError(f"unknown data set {name!r}; known: {DATA_SETS}")
+    return loaders[name].TASKS
+
+
 def load_data(name: str, options: dict, data_dir: Path | None, features_out: Path | None = None) -> Dataset:
     if name == "videolog":
         log = videolog.simulate(videolog.VideoLogConfig(**options))
@@ -102,7 +118,7 @@ def baseline_gain(path: Path, result) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train import run_parquet_training, run_training  # after parsing: --help stays fast
+    from training.train import check_loss_weights, run_parquet_training, run_training  # after parsing: fast --help
 
     args = parse_args(argv)
     try:
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         model_config = config_with(run["model"], cfg["model"])
         train_config = run_config.train_config(cfg["train"])
         resolve_device(train_config.device)  # --device cuda without a GPU: say so before loading any data
+        check_loss_weights(train_config, data_tasks(run["data"], cfg["data"].get(run["data"], {})))
     except (ValueError, TypeError, OSError) as exc:
         print(f"ranker-train: {exc}", file=sys.stderr)
         return 2
@@ -121,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(run["threads"]))
     try:
         if run["data"] == "parquet":  # streams: the training split is never loaded whole
-            options = dict(cfg["data"].get("parquet", {}))
-            if "path" not in options:
-                print("ranker-train: --data parquet needs --set data.parquet.path=FILE", file=sys.stderr)
-                return 2
+            options = dict(cfg["data"]["parquet"])  # with a path: data_tasks checked
             result = run_parquet_training(options.pop("path"), run["model"], train_config, model_config,
                                           log=lambda line: print(line, file=sys.stderr), **options)  # fmt: skip
         else:

@@ -2,7 +2,7 @@
 
 A config file holds every hyper-parameter (see examples/train-census-ple.toml):
     [run]    data, model, out, name, seed, threads
-    [train]  TrainConfig fields; [train.loss_w0] / [train.loss_gamma] per task
+    [train]  TrainConfig fields; [train.loss_w0] / [train.loss_gamma] per task of the chosen data
     [model]  fields of the chosen family's config dataclass (training/models/)
     [data.<name>]  the loader's options (e.g. [data.videolog] n_impressions, task_correlation)
 """

@@ -3,9 +3,11 @@
 `--device auto|cpu|cuda`: auto takes CUDA when this torch build sees a GPU. Under torchrun every
 process builds the same model from the same seed, takes its share of each global batch and
 DistributedDataParallel averages the gradients, so all processes hold the same weights after every
-step. They all evaluate the full validation split and so take the same early-stopping decision;
-only rank 0 exports. On CUDA each process trains on GPU LOCAL_RANK and the backend is NCCL; on
-the CPU it is gloo.
+step. Each task's loss is its masked mean over the whole global batch (`loss_denominators`), not
+the average of the processes' own masked means, which would weigh a row by how many in-space rows
+its process happened to get. They all evaluate the full validation split and so take the same
+early-stopping decision; only rank 0 exports. On CUDA each process trains on GPU LOCAL_RANK and
+the backend is NCCL; on the CPU it is gloo.
 """
 
 from __future__ import annotations
@@ -53,6 +55,18 @@ def distributed_context(device: torch.device = torch.device("cpu")) -> tuple[int
 def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel over the process group; on CUDA bound to this process's GPU."""
     return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def loss_denominators(masks: torch.Tensor, world: int) -> torch.Tensor | None:
+    """(b, K) bool -> (K,) divisors of this process's masked loss sums S_r such that DDP's gradient
+    average is each task's masked mean over the global batch: mean_r(S_r / (N / world)) = sum_r S_r / N,
+    N the in-space rows of all processes together (at least 1; one small all_reduce per step).
+    None in a single process: masked_task_losses then divides by the batch's own count."""
+    if world == 1:
+        return None
+    counts = masks.sum(0).to(torch.float32)  # (K,) this process's in-space rows
+    dist.all_reduce(counts)
+    return counts.clamp(min=1.0) / world
 
 
 class TrainingStep(nn.Module):

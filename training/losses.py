@@ -12,30 +12,50 @@ from training.models import squashes
 
 
 def masked_task_losses(
-    logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, tasks: Sequence[TaskSpec]
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor,
+    tasks: Sequence[TaskSpec],
+    denominators: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each task's loss averaged over the samples inside its own sample space.
 
     logits (K, B), labels (B, K), masks (B, K) bool -> (K,). A task with no sample in the batch
-    contributes 0 (not NaN) and so no gradient.
+    contributes 0 (not NaN) and so no gradient. Labels outside the sample space are never read (they
+    may be NaN). denominators (K,): what each task's masked sum is divided by; default this batch's
+    in-space count (at least 1); under torchrun `distributed.loss_denominators`.
     """
-    per_task = []
+    sums = []
     for k, task in enumerate(tasks):
-        z, y = logits[k], labels[:, k]
+        z, inside = logits[k], masks[:, k]
+        y = torch.where(inside, labels[:, k], 0.0)  # NaN * 0 is NaN, in the loss and its gradient
         if task.kind == "binary":
             loss = F.binary_cross_entropy_with_logits(z, y, reduction="none")
         else:
             pred = torch.sigmoid(z) if squashes(task) else z
             loss = (pred - y) ** 2
-        m = masks[:, k].to(loss.dtype)
-        per_task.append((loss * m).sum() / m.sum().clamp(min=1.0))
-    return torch.stack(per_task)
+        sums.append((loss * inside.to(loss.dtype)).sum())
+    sums = torch.stack(sums)  # (K,)
+    if denominators is None:
+        denominators = masks.sum(0).to(sums.dtype).clamp(min=1.0)
+    return sums / denominators
+
+
+def check_task_names(tasks: Sequence[TaskSpec], **weights: Mapping[str, float]) -> None:
+    """ValueError when a per-task setting (e.g. loss_gamma={...}) names a task the data set lacks:
+    a typo or another data set's task would otherwise be silently ignored."""
+    known = [t.name for t in tasks]
+    for setting, values in weights.items():
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{setting} names unknown task(s) {unknown}; the data set's tasks are {known}")
 
 
 def epoch_task_weights(
     tasks: Sequence[TaskSpec], epoch: int, w0: Mapping[str, float], gamma: Mapping[str, float]
 ) -> torch.Tensor:
     """w_k(t) = w_k0 * gamma_k ** t for epoch t (0-based); tasks not named get w0 = 1, gamma = 1."""
+    check_task_names(tasks, loss_w0=w0, loss_gamma=gamma)
     return torch.tensor([w0.get(t.name, 1.0) * gamma.get(t.name, 1.0) ** epoch for t in tasks])
 
 

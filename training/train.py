@@ -25,11 +25,11 @@ from torch import nn
 from tqdm import tqdm
 
 from service.features import Encoded, FeatureTransform, fit_dense
-from service.modelspec import FeatureSpec
+from service.modelspec import FeatureSpec, TaskSpec
 from training.data import Dataset
-from training.distributed import TrainingStep, data_parallel, distributed_context, resolve_device
+from training.distributed import TrainingStep, data_parallel, distributed_context, loss_denominators, resolve_device
 from training.evaluate import gate_utilisation, on_model_device, predict, task_metrics
-from training.losses import epoch_task_weights, masked_task_losses, subspace_orthogonality
+from training.losses import check_task_names, epoch_task_weights, masked_task_losses, subspace_orthogonality
 from training.models import MultiTaskModel, build_model
 
 
@@ -67,6 +67,11 @@ class TrainResult:
     rows: dict[str, int] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
+
+
+def check_loss_weights(config: TrainConfig, tasks: list[TaskSpec]) -> None:
+    """ValueError for a loss weight naming no task of the data: before any row is read or encoded."""
+    check_task_names(tasks, loss_w0=config.loss_w0, loss_gamma=config.loss_gamma)
 
 
 def fit_features(train: Dataset) -> list[FeatureSpec]:
@@ -120,6 +125,7 @@ def run_training(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Split, fit the dense statistics on the training split, encode, train, evaluate."""
+    check_loss_weights(config, dataset.tasks)
     torch.manual_seed(config.seed)
     split_seed = config.split_seed if config.split_seed is not None else (dataset.seed or 0)
     train, val, test = dataset.split(seed=split_seed)
@@ -146,6 +152,7 @@ def run_parquet_training(
 
     split_seed = config.split_seed if config.split_seed is not None else 0
     stream = ParquetStream(path, chunk_rows, split_seed, max_eval_rows)
+    check_loss_weights(config, stream.tasks)  # the tasks come from the file's metadata: no pass yet
     features, val, test, n_train = stream.prepare()
     transform = FeatureTransform(features)
     rank, world = distributed_context(resolve_device(config.device))
@@ -204,10 +211,11 @@ def fit(
                    disable=rank > 0 or (None if config.progress is None else not config.progress))  # fmt: skip
         for batch in bar:
             sparse, dense, labels, masks = (t.to(device, non_blocking=True) for t in batch)
-            if not config.sample_space_loss:
-                masks = torch.ones_like(masks)
+            if not config.sample_space_loss:  # every row counts; outside its space a label is 0, not NaN
+                labels, masks = torch.where(masks, labels, 0.0), torch.ones_like(masks)
             logits, subspaces = step_model(sparse, dense)
-            per_task = masked_task_losses(logits, labels, masks, dataset.tasks)
+            # (K,); under torchrun this process's share of the global batch's masked mean, times world
+            per_task = masked_task_losses(logits, labels, masks, dataset.tasks, loss_denominators(masks, world))
             loss = (weights * per_task).sum()
             if penalty_weight:
                 penalty = penalty_weight * subspace_orthogonality(subspaces)

@@ -2,9 +2,10 @@
 
 File layout: one column per raw feature, `label.<task>` (float32) and `mask.<task>` (bool) per
 task, and the data set's schema (features, tasks, name, description, default weights) as JSON in
-the file's metadata under `ple_ranker.dataset`. Any producer that writes this layout works;
-`write_parquet` writes it from a Dataset, and `python -m training.data.stream OUT.parquet
---impressions N` simulates a videolog into such a file.
+the file's metadata under `ple_ranker.dataset`. A label outside its task's sample space is never
+read (NaN or null is fine); a NaN or null label inside it takes that row out of the task's space.
+Any producer that writes this layout works; `write_parquet` writes it from a Dataset, and
+`python -m training.data.stream OUT.parquet --impressions N` simulates a videolog into such a file.
 
 Rows go to train / validation / test by a seeded hash of their row number, so the split does not
 depend on the chunk size and needs no pass over the data. A first pass fits the dense features'
@@ -101,14 +102,19 @@ class ParquetStream:
                 column = batch.column(spec.name)
                 columns[spec.name] = (column.to_numpy(zero_copy_only=False).astype(np.float64) if spec.kind == "dense"
                                       else np.array(column.to_pylist(), dtype=object))  # fmt: skip
-            labels = np.stack([batch.column(f"label.{t.name}").to_numpy() for t in self.tasks], axis=1)
-            masks = np.stack([batch.column(f"mask.{t.name}").to_numpy(zero_copy_only=False) for t in self.tasks], axis=1)
+            labels = np.stack([self._numpy(batch, f"label.{t.name}") for t in self.tasks], axis=1).astype(np.float32)
+            masks = np.stack([self._numpy(batch, f"mask.{t.name}") for t in self.tasks], axis=1).astype(bool)
+            masks &= ~np.isnan(labels)  # a NaN or null (-> NaN) label has no target: out of the task's space
             chunk = Dataset(name=self.meta["name"], description=self.meta["description"], features=self.features,
-                            tasks=self.tasks, columns=columns, labels=labels.astype(np.float32), masks=masks.astype(bool),
+                            tasks=self.tasks, columns=columns, labels=labels, masks=masks,
                             seed=self.meta.get("seed"), default_weights=self.meta.get("default_weights", {}),
                             video_len_column=self.meta.get("video_len_column"))  # fmt: skip
             yield split_of(np.arange(start, start + n), self.split_seed, self.fractions), chunk
             start += n
+
+    @staticmethod
+    def _numpy(batch: pa.RecordBatch, name: str) -> np.ndarray:
+        return batch.column(name).to_numpy(zero_copy_only=False)  # a copy where the column has nulls
 
     def prepare(self) -> tuple[list[FeatureSpec], Dataset, Dataset, int]:
         """One pass: dense statistics on the training rows; validation and test rows in memory."""
