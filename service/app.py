@@ -23,12 +23,13 @@ from service.store import FeatureStore, InProcessStore, RedisStore, load_tables,
 log = logging.getLogger("ranker")
 
 
-def build_backends(settings: Settings) -> tuple[FeatureStore, ControlPlane]:
+def build_backends(settings: Settings, metrics: Metrics) -> tuple[FeatureStore, ControlPlane]:
     """Redis when a URL is configured, else the embedded in-process store and control plane."""
     if settings.redis_url:
         features = RedisStore(redis_client(settings.redis_url, settings.redis_timeout_ms / 1000), settings.redis_prefix)
         # The control plane tolerates a slower Redis than the per-request feature fetch.
-        control = RedisControl(redis_client(settings.redis_url, 2.0), settings.redis_prefix, settings.control_resync_s)
+        control = RedisControl(redis_client(settings.redis_url, 2.0), settings.redis_prefix, settings.control_resync_s,
+                               on_problem=lambda event: metrics.control_events.labels(event).inc())  # fmt: skip
         return features, control
     store = InProcessStore()
     if settings.features_dir is not None:
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         choose_providers(settings.device)  # --device cuda without a CUDA build: refuse to start, say why
-        store, control = build_backends(settings)
+        store, control = build_backends(settings, metrics_)
         registry = Registry(settings, metrics_, control)
         registry.start()
         app.state.registry = registry

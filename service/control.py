@@ -16,6 +16,7 @@ previous state on a history list (for rollback) and is announced, so each replic
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +34,45 @@ class ControlUnavailable(RuntimeError):
     """The shared state cannot be read or written (Redis is down)."""
 
 
+class ControlCorrupt(ValueError):
+    """A control key or history entry holds something no replica wrote (garbage, or an inconsistent
+    split): it is ignored, logged and counted; an admin change overwrites it."""
+
+
+MAX_VERSION = 10**9
+
+
+def _version(value: object) -> int:
+    """A version as stored: a positive integer, written as its digits (b"3", "3" or 3)."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and not value.startswith("0") and len(value) <= 9:
+        value = int(value)
+    if type(value) is not int or not 1 <= value <= MAX_VERSION:
+        raise ControlCorrupt(f"not a version: {str(value)[:40]!r}")
+    return value
+
+
+def _split(active: int, raw: object) -> dict[int, float] | None:
+    """A stored split: {version: weight > 0} naming the active version, normalised; None for none."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise ControlCorrupt(f"not a split: {str(raw)[:60]!r}")
+    weights: dict[int, float] = {}
+    for key, weight in raw.items():
+        if type(weight) not in (int, float) or not 0 < weight < math.inf:
+            raise ControlCorrupt(f"split weight of {str(key)[:20]!r} is not a number > 0: {str(weight)[:20]}")
+        weights[_version(key)] = float(weight)
+    if active not in weights:
+        raise ControlCorrupt(f"the split does not include the active version {active}")
+    if abs(sum(weights.values()) - 1.0) < 1e-9:
+        return weights  # as the registry wrote it: equal states compare equal after a round trip
+    largest = max(weights.values())  # scaled first: weights near 1e308 must not sum to inf
+    total = sum(w / largest for w in weights.values())
+    return {v: w / largest / total for v, w in weights.items()}
+
+
 @dataclass(frozen=True)
 class RoutingState:
     active: int
@@ -46,11 +86,29 @@ class RoutingState:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "RoutingState":
-        data = orjson.loads(raw)
-        return cls(int(data["active"]), {int(k): float(v) for k, v in data["split"].items()} if data["split"] else None)
+        """A history entry; ControlCorrupt for anything to_json could not have written."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ControlCorrupt(f"not JSON: {raw[:60]!r}") from None
+        if not isinstance(data, dict) or set(data) != {"active", "split"}:
+            raise ControlCorrupt(f"not a routing state: {raw[:60]!r}")
+        active = _version(data["active"])
+        return cls(active, _split(active, data["split"]))
 
 
 OnChange = Callable[[str], None]  # called with a model name whose state may have changed
+
+
+class RollbackRefused(Exception):
+    """The earlier state cannot be served here (a version gone or failing): nothing was changed."""
+
+    def __init__(self, state: RoutingState):
+        super().__init__(f"the earlier state {state.weights()} cannot be loaded")
+        self.state = state
+
+
+Check = Callable[[RoutingState], bool]  # can this replica serve the state? (loads what it needs)
 
 
 class ControlPlane(Protocol):
@@ -58,7 +116,9 @@ class ControlPlane(Protocol):
 
     def write(self, name: str, state: RoutingState) -> None: ...
 
-    def rollback(self, name: str) -> RoutingState | None: ...
+    def restore(self, name: str, state: RoutingState) -> bool: ...
+
+    def rollback(self, name: str, check: Check) -> RoutingState | None: ...
 
     def start(self, on_change: OnChange, models: Callable[[], list[str]]) -> None: ...
 
@@ -82,11 +142,17 @@ class InProcessControl:
                 del self._history[name][HISTORY_LIMIT:]
             self._state[name] = state
 
-    def rollback(self, name: str) -> RoutingState | None:
+    def restore(self, name: str, state: RoutingState) -> bool:
+        with self._lock:
+            return self._state.setdefault(name, state) is state
+
+    def rollback(self, name: str, check: Check) -> RoutingState | None:
         with self._lock:
             history = self._history.get(name)
             if not history:
                 return None
+            if not check(history[0]):
+                raise RollbackRefused(history[0])
             self._state[name] = history.pop(0)
             return self._state[name]
 
@@ -98,11 +164,13 @@ class InProcessControl:
 
 
 class RedisControl:
-    def __init__(self, client: redis.Redis, prefix: str = "ranker:", resync_s: float = 5.0):
+    def __init__(self, client: redis.Redis, prefix: str = "ranker:", resync_s: float = 5.0,
+                 on_problem: Callable[[str], None] = lambda event: None):  # fmt: skip
         self.client = client
         self.prefix = prefix
         self.channel = f"{prefix}events"
         self.resync_s = resync_s
+        self.on_problem = on_problem  # counts garbage seen: "corrupt_state", "corrupt_history", "bad_message", ...
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -112,6 +180,8 @@ class RedisControl:
     def read(self, name: str) -> RoutingState | None:
         try:
             return _parse(*self.client.mget([self._key(name, "active"), self._key(name, "split")]))
+        except redis.ResponseError as exc:  # WRONGTYPE: a key of another type under our name
+            raise ControlCorrupt(str(exc)) from exc
         except redis.RedisError as exc:
             raise ControlUnavailable(str(exc)) from exc
 
@@ -126,7 +196,10 @@ class RedisControl:
     def write(self, name: str, state: RoutingState) -> None:
         def change(pipe):
             previous = self._read_in(pipe, name)
+            history_ok = self._history_ok(pipe, name)
             pipe.multi()
+            if not history_ok:
+                pipe.delete(self._key(name, "history"))
             if previous is not None and previous != state:
                 pipe.lpush(self._key(name, "history"), previous.to_json())
                 pipe.ltrim(self._key(name, "history"), 0, HISTORY_LIMIT - 1)
@@ -134,24 +207,67 @@ class RedisControl:
 
         self._transaction(change, name)
 
-    def rollback(self, name: str) -> RoutingState | None:
+    def restore(self, name: str, state: RoutingState) -> bool:
+        """Write `state` only if no replica has (the keys were lost: Redis restarted empty)."""
+        restored = [False]
+
+        def change(pipe):
+            if pipe.exists(self._key(name, "active")):
+                return
+            pipe.multi()
+            self._set(pipe, name, state)
+            restored[0] = True
+
+        self._transaction(change, name)
+        return restored[0]
+
+    def rollback(self, name: str, check: Check) -> RoutingState | None:
+        """Go back to the newest history entry this replica can serve (`check`); entries that are
+        garbage are dropped on the way. RollbackRefused, with nothing changed, if `check` fails."""
         result: list[RoutingState | None] = [None]
 
         def change(pipe):
-            raw = pipe.lindex(self._key(name, "history"), 0)
-            pipe.multi()
-            if raw is None:
-                result[0] = None
+            result[0] = None
+            history = self._key(name, "history")
+            entries = pipe.lrange(history, 0, -1) if self._history_ok(pipe, name) else [b"(not a list)"]
+            for skipped, raw in enumerate(entries):
+                try:
+                    state = RoutingState.from_json(raw)
+                except ControlCorrupt as exc:
+                    log.warning("control history of %s: entry %d ignored (%s)", name, skipped, exc)
+                    self.on_problem("corrupt_history")
+                    continue
+                if not check(state):
+                    raise RollbackRefused(state)  # before multi(): nothing is written
+                pipe.multi()
+                pipe.ltrim(history, skipped + 1, -1)
+                self._set(pipe, name, state)
+                result[0] = state
                 return
-            result[0] = RoutingState.from_json(raw)
-            pipe.lpop(self._key(name, "history"))
-            self._set(pipe, name, result[0])
+            pipe.multi()
+            if entries:  # nothing but garbage
+                pipe.delete(history)
 
         self._transaction(change, name)
         return result[0]
 
     def _read_in(self, pipe, name: str) -> RoutingState | None:
-        return _parse(pipe.get(self._key(name, "active")), pipe.get(self._key(name, "split")))
+        """The current state inside a transaction; garbage reads as no state (it is overwritten)."""
+        try:
+            return _parse(pipe.get(self._key(name, "active")), pipe.get(self._key(name, "split")))
+        except (ControlCorrupt, redis.ResponseError) as exc:
+            log.warning("control state of %s was garbage (%s); overwritten", name, exc)
+            self.on_problem("corrupt_state")
+            return None
+
+    def _history_ok(self, pipe, name: str) -> bool:
+        """False when the history key holds another type than a list (it is then dropped)."""
+        kind = pipe.type(self._key(name, "history"))
+        if kind in (b"list", b"none", "list", "none"):
+            return True
+        log.warning("control history of %s is a %s, not a list; dropped", name, kind)
+        self.on_problem("corrupt_history")
+        return False
 
     def _transaction(self, change, name: str) -> None:
         keys = [self._key(name, p) for p in ("active", "split", "history")]
@@ -184,12 +300,17 @@ class RedisControl:
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.25)
                     if message and message["type"] == "message":
-                        _safely(on_change, orjson.loads(message["data"])["model"])
+                        self._announced(on_change, message["data"])
                     if time.monotonic() - last_resync >= self.resync_s:
                         self._resync(on_change, models)
                         last_resync = time.monotonic()
             except (redis.RedisError, OSError) as exc:
                 log.warning("control channel lost (%s); retrying in %.1fs", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception:  # the listener must outlive anything: without it replicas stop converging
+                log.exception("control listener failed; restarting it")
+                self.on_problem("listener_error")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -198,16 +319,42 @@ class RedisControl:
                 except (redis.RedisError, OSError):
                     pass
 
+    def _announced(self, on_change: OnChange, data: object) -> None:
+        name = _announced_model(data)
+        if name is None:
+            log.warning("control channel: ignored a message that names no model: %.80r", data)
+            self.on_problem("bad_message")
+            return
+        _safely(on_change, name)
+
     def _resync(self, on_change: OnChange, models: Callable[[], list[str]]) -> None:
         for name in models():
             _safely(on_change, name)
 
 
 def _parse(active: bytes | None, split: bytes | None) -> RoutingState | None:
-    """The state stored under the active and split keys (None when no version was ever set)."""
+    """The state stored under the active and split keys (None when no version was ever set);
+    ControlCorrupt for values no replica writes."""
     if active is None:
         return None
-    return RoutingState(int(active), {int(k): float(v) for k, v in orjson.loads(split).items()} if split else None)
+    version = _version(active)
+    if split is None:
+        return RoutingState(version)
+    try:
+        weights = orjson.loads(split)
+    except orjson.JSONDecodeError:
+        raise ControlCorrupt(f"split is not JSON: {split[:60]!r}") from None
+    return RoutingState(version, _split(version, weights))
+
+
+def _announced_model(data: object) -> str | None:
+    """The model named by a message on the channel ({"model": name}), None for anything else."""
+    try:
+        message = orjson.loads(data)  # type: ignore[arg-type]
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    name = message.get("model") if isinstance(message, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _safely(on_change: OnChange, name: str) -> None:

@@ -45,6 +45,10 @@ class Metrics:
         # (a loaded version's folder deleted; it keeps serving from memory).
         self.repository_events = Counter("ranker_repository_events_total",
                                          "model repository problems seen by the watcher", ["event"], registry=r)
+        # The control plane's view: garbage in its keys or channel ("corrupt_state", "corrupt_history",
+        # "bad_message"), its listener restarted ("listener_error"), keys lost and put back ("keys_restored").
+        self.control_events = Counter("ranker_control_events_total", "control plane problems seen and handled",
+                                      ["event"], registry=r)  # fmt: skip
         self.model_swaps = Counter("ranker_model_swaps_total", "changes of the serving version or split",
                                    ["model"], registry=r)  # fmt: skip
         self.traffic_share = Gauge("ranker_model_traffic_share", "share of users routed to a version",

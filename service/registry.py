@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.control import ControlPlane, ControlUnavailable, RoutingState
+from service.control import ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused, RoutingState
 from service.engine import InferenceEngine
 from service.errors import ApiError
 from service.features import FeatureTransform, stable_hash
@@ -179,6 +179,9 @@ class Registry:
         self._routing: dict[str, Routing] = {}
         self._seen: dict[str, set[int]] = defaultdict(set)  # folders the watcher has handled
         self._vanished: set[tuple[str, int]] = set()  # loaded versions whose folder is gone (reported once)
+        self._corrupt: dict[str, str] = {}  # model -> the garbage last seen in its control keys (logged once)
+        self._to_route: dict[str, int] = {}  # auto mode: a new version waiting for the control plane
+        self._unreadable = False  # the models directory failed its last scan (logged once)
         self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -202,30 +205,47 @@ class Registry:
     def _start_model(self, name: str) -> None:
         versions = self.versions_on_disk(name)
         self._seen[name].update(versions)
+        shared, corrupt = None, False
         try:
             shared = self.control.read(name)
         except ControlUnavailable as exc:
             log.warning("control plane unavailable at start (%s); serving the newest version of %s", exc, name)
-            shared = None
+        except ControlCorrupt as exc:
+            self._note_corrupt(name, exc)
+            corrupt = True
         if shared is not None and self._apply(name, shared):
             return
         for version in sorted(versions, reverse=True):
             if self.load(name, version).state == "ready":
                 state = RoutingState(version)
                 self._set_routing(name, state)
-                if shared is None:  # first replica to serve this model: record it for the others
+                if shared is None and not corrupt:  # first replica to serve this model: record it for the others
                     self._write_control(name, state, required=False)
                 return
+
+    def _note_corrupt(self, name: str, exc: ControlCorrupt) -> None:
+        """Garbage in a model's control keys: keep routing as is; say so once per distinct value."""
+        if self._corrupt.get(name) != str(exc):
+            self._corrupt[name] = str(exc)
+            self.metrics.control_events.labels("corrupt_state").inc()
+            log.error("control state of %s is not usable (%s); routing stays as it is until an admin change "
+                      "overwrites it", name, exc)  # fmt: skip
 
     # ---- the repository on disk ----
 
     def model_names(self) -> list[str]:
         try:
-            return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+            names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
         except OSError as exc:
-            log.error("models directory %s unreadable: %s", self.root, exc)
-            self.metrics.repository_events.labels("unreadable").inc()
+            self.metrics.repository_events.labels("unreadable").inc()  # every failed scan
+            if not self._unreadable:  # the log line once, not every poll
+                log.error("models directory %s unreadable: %s; what is loaded keeps serving", self.root, exc)
+            self._unreadable = True
             return []
+        if self._unreadable:
+            log.info("models directory %s readable again", self.root)
+            self._unreadable = False
+        return names
 
     def versions_on_disk(self, name: str) -> list[int]:
         try:
@@ -273,18 +293,32 @@ class Registry:
 
     # ---- routing ----
 
+    def _prepare(self, name: str, state: RoutingState) -> bool:
+        """Load every version `state` routes to; False (logged) if one is missing or fails."""
+        with self._locks[name]:
+            for version in state.weights():
+                entry = self._entries[name].get(version)
+                if entry is not None and entry.state == "ready":
+                    continue
+                try:
+                    present = (self.root / name / str(version)).is_dir()
+                except OSError:  # the repository unreadable
+                    present = False
+                if not present:
+                    log.error("control state of %s names version %s, which is not in the repository", name, version)
+                    return False
+                if self.load(name, version).state != "ready":
+                    return False
+            return True
+
     def _apply(self, name: str, state: RoutingState) -> bool:
         """Route per `state`, loading what it needs; keeps the current routing if anything fails."""
         with self._locks[name]:
             current = self._routing.get(name)
             if current is not None and current.state == state:
                 return True
-            for version in state.weights():
-                if not (self.root / name / str(version)).is_dir() and version not in self._entries[name]:
-                    log.error("control state of %s names version %s, which is not in the repository", name, version)
-                    return False
-                if self.load(name, version).state != "ready":
-                    return False
+            if not self._prepare(name, state):
+                return False
             self._set_routing(name, state)
             return True
 
@@ -303,9 +337,22 @@ class Registry:
 
     def sync_from_control(self, name: str) -> None:
         """Apply the shared state of `name` (called by the control plane's listener)."""
-        state = self.control.read(name)
+        try:
+            state = self.control.read(name)
+        except ControlCorrupt as exc:
+            self._note_corrupt(name, exc)
+            return
+        self._corrupt.pop(name, None)
         if state is not None:
             self._apply(name, state)
+            return
+        current = self._routing.get(name)
+        # No state stored, yet this replica routes: Redis lost its keys (restarted empty). Put this
+        # replica's routing back, unless another replica or an admin has written one meanwhile.
+        if current is not None and self.control.restore(name, current.state):
+            self.metrics.control_events.labels("keys_restored").inc()
+            log.warning("control keys of %s were missing (Redis restarted empty?); restored %s from this replica",
+                        name, current.state.weights())  # fmt: skip
 
     def _write_control(self, name: str, state: RoutingState, required: bool = True) -> None:
         try:
@@ -326,7 +373,11 @@ class Registry:
     # ---- admin operations ----
 
     def admin_load(self, name: str, version: int) -> VersionEntry:
-        if not self.version_path(name, version).is_dir():
+        try:
+            present = self.version_path(name, version).is_dir()
+        except OSError as exc:
+            raise ApiError(503, "repository_unreadable", f"the model repository cannot be read: {exc}") from None
+        if not present:
             raise ApiError(404, "version_not_found", f"no folder {name}/{version} in the repository", "version")
         self._seen[name].add(version)
         return self.load(name, version)
@@ -336,6 +387,7 @@ class Registry:
             self._ready_entry(name, version)
             state = RoutingState(version)
             self._write_control(name, state)
+            self._to_route.pop(name, None)  # an admin's choice wins over the watcher's pending one
             self._set_routing(name, state)
             return state
 
@@ -353,6 +405,7 @@ class Registry:
             active = max(shares, key=lambda v: (shares[v], v))
             state = RoutingState(active, shares if len(shares) > 1 else None)
             self._write_control(name, state)
+            self._to_route.pop(name, None)
             self._set_routing(name, state)
             return state
 
@@ -361,13 +414,16 @@ class Registry:
             if name not in self._routing:
                 raise ApiError(404, "model_not_found", f"model {name!r} is not serving", "name")
             try:
-                state = self.control.rollback(name)
+                # Checked before anything is written: a state this replica cannot serve stays in the history.
+                state = self.control.rollback(name, lambda earlier: self._prepare(name, earlier))
             except ControlUnavailable as exc:
                 raise ApiError(503, "control_unavailable", f"cannot share the change with replicas: {exc}") from None
+            except RollbackRefused as exc:
+                raise ApiError(409, "rollback_failed", str(exc)) from None
             if state is None:
                 raise ApiError(409, "no_history", f"model {name!r} has no earlier state to roll back to")
-            if not self._apply(name, state):
-                raise ApiError(409, "rollback_failed", f"the earlier state {state.weights()} cannot be loaded")
+            self._to_route.pop(name, None)
+            self._apply(name, state)
             return state
 
     def unload(self, name: str, version: int) -> None:
@@ -414,7 +470,7 @@ class Registry:
     def serving(self, name: str) -> ModelVersion:
         """The active version of a model (the one users outside any split arm get)."""
         routing = self._serving_routing(name, "name")
-        return next(mv for mv in routing.versions if mv.version == routing.state.active)
+        return next((mv for mv in routing.versions if mv.version == routing.state.active), routing.versions[0])
 
     def _serving_routing(self, name: str, field: str) -> Routing:
         routing = self._routing.get(name)
@@ -453,11 +509,20 @@ class Registry:
 
     def _note_vanished(self) -> None:
         """A loaded version whose folder was deleted keeps serving from memory: log and count it once."""
-        if not self.root.is_dir():
-            return  # the whole repository is unreadable: model_names() reports that
+        try:
+            if not self.root.is_dir():
+                return  # the whole repository is gone: model_names() reports that
+            presence = {(name, version): (self.root / name / str(version)).is_dir()
+                        for name, entries in list(self._entries.items()) for version in list(entries)}  # fmt: skip
+        except OSError:
+            return  # unreadable (permissions): model_names() reports that
         for name, entries in list(self._entries.items()):
             for version, entry in list(entries.items()):
-                key, present = (name, version), (self.root / name / str(version)).is_dir()
+                key, present = (name, version), presence.get((name, version), True)
+                if entry.state == "failed" and not present:
+                    del entries[version]  # a failed folder that was removed: nothing left to report
+                    self._seen[name].discard(version)
+                    continue
                 if entry.handle is not None and not present and key not in self._vanished:
                     self._vanished.add(key)
                     self.metrics.repository_events.labels("version_vanished").inc()
@@ -487,8 +552,24 @@ class Registry:
                     continue
                 routing = self._routing.get(name)
                 newest = max(routing.state.weights()) if routing else 0
-                if self.settings.watch == "auto" and version > newest:
-                    with self._locks[name]:
-                        state = RoutingState(version)
-                        self._write_control(name, state, required=False)
-                        self._set_routing(name, state)
+                if self.settings.watch == "auto" and version > max(newest, self._to_route.get(name, 0)):
+                    self._to_route[name] = version
+        for name in list(self._to_route):
+            self._route_new_version(name)
+
+    def _route_new_version(self, name: str) -> None:
+        """auto: route to the newest version the watcher loaded, through the control plane, so that
+        every replica follows. While the control plane is down nothing changes here (a local switch
+        would make this replica disagree with the others); the next poll tries again."""
+        with self._locks[name]:
+            version = self._to_route.get(name)
+            if version is None:
+                return
+            state = RoutingState(version)
+            try:
+                self.control.write(name, state)
+            except ControlUnavailable as exc:
+                log.warning("new version %s/%s loaded; routing to it waits for the control plane (%s)", name, version, exc)
+                return
+            del self._to_route[name]
+            self._set_routing(name, state)

@@ -6,17 +6,23 @@ restarted, and broken version folders, are in test_store.py, test_replicas.py, t
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import wait_until
+from tests.conftest import need_tool, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REQUEST = {"user": {"id": "u7"}, "candidates": [{"id": f"v{i}", "video_len": 10.0 + i} for i in range(20)]}
 
@@ -171,3 +177,39 @@ def test_a_bug_answers_500_in_the_error_shape_and_keeps_the_connection(trained, 
                                                "field": None}}  # fmt: skip
         assert "unhandled error on POST /v1/rank" in caplog.text and "a bug" in caplog.text
         assert metric(client, "ranker_errors_total", kind="internal") == 3
+
+
+PERMISSION_CHECK = """
+import json, logging, os, sys, time
+from pathlib import Path
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.settings import Settings
+repo = Path(sys.argv[1])
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+app = create_app(Settings(models_dir=repo, features_dir=None, watch="auto", watch_interval_s=0.2, admin_token="t"))
+with TestClient(app) as c:
+    os.chmod(repo, 0)
+    try:
+        time.sleep(1.0)  # several polls of the watcher
+        load = c.post("/v1/admin/models/ple/versions/1/load", headers={"Authorization": "Bearer t"})
+        rank = c.post("/v1/rank", json={"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3.0}]})
+    finally:
+        os.chmod(repo, 0o755)
+    print(json.dumps({"load": [load.status_code, load.json()["error"]["code"]], "rank": rank.status_code}))
+"""
+
+
+def test_a_models_directory_without_permission_is_a_503_for_loads_and_one_log_line(repo):
+    """chmod 000 as the service's user: root ignores it, so the check runs without root's override."""
+    command = [sys.executable, "-c", PERMISSION_CHECK, str(repo)]
+    if os.geteuid() == 0:
+        setpriv = need_tool("setpriv", "util-linux")
+        drop = "-dac_override,-dac_read_search"
+        command = [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"load": [503, "repository_unreadable"], "rank": 200}
+    assert out.stderr.count("unreadable") == 1, out.stderr[-3000:]  # once, not at every poll
+    assert "Traceback" not in out.stderr
