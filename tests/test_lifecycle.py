@@ -110,6 +110,9 @@ def test_a_failed_version_never_replaces_the_serving_one(repo, corrupt, reason):
         r = c.post("/v1/admin/models/ple/activate", json={"version": 3}, headers=AUTH)
         assert r.status_code == 409
         assert 'ranker_model_loads_total{model="ple",result="failed"} 1.0' in c.get("/metrics").text
+        shutil.rmtree(repo / "ple" / "3")  # the broken folder removed: no longer listed
+        registry.poll()
+        assert [m["version"] for m in c.get("/v1/models").json()["models"]] == [2]
 
 
 def _edit_spec(folder, **changes):
