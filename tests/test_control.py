@@ -38,6 +38,13 @@ def routes(client) -> dict[int, float]:
     return {m["version"]: m["traffic_share"] for m in client.get("/v1/models").json()["models"] if m["traffic_share"] > 0}
 
 
+def activate(client, version: int) -> None:
+    """Load (if need be) and activate a version through the admin API."""
+    assert client.post(f"/v1/admin/models/ple/versions/{version}/load", headers=AUTH).status_code == 200
+    answer = client.post("/v1/admin/models/ple/activate", json={"version": version}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+
+
 def events(client, event: str) -> float:
     for line in client.get("/metrics").text.splitlines():
         if line.startswith(f'ranker_control_events_total{{event="{event}"}}'):
@@ -85,9 +92,7 @@ def test_garbage_in_the_control_keys_is_ignored_and_an_admin_change_repairs_it(r
         assert r.get(key("active")) == active  # not overwritten by a replica: it is the admin's to fix
         wait_until(lambda: events(c, "corrupt_state") >= 1, timeout=5, what="the garbage counted")
         assert events(c, "corrupt_state") == 1  # logged and counted once, not at every resync
-        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
-        answer = c.post("/v1/admin/models/ple/activate", json={"version": 1}, headers=AUTH)
-        assert answer.status_code == 200, answer.text
+        activate(c, 1)
         assert r.get(key("active")) == b"1" and r.get(key("split")) is None
         assert routes(c) == {1: 1.0}
 
@@ -95,9 +100,8 @@ def test_garbage_in_the_control_keys_is_ignored_and_an_admin_change_repairs_it(r
 def test_a_rollback_that_cannot_be_served_changes_nothing(repo, redis_prefix, keys):
     key, r = keys
     with TestClient(app_for(repo, redis_prefix)) as c:
-        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
-        assert c.post("/v1/admin/models/ple/activate", json={"version": 1}, headers=AUTH).status_code == 200
-        assert c.post("/v1/admin/models/ple/activate", json={"version": 2}, headers=AUTH).status_code == 200
+        activate(c, 1)
+        activate(c, 2)
         history = r.lrange(key("history"), 0, -1)  # [{active: 1}, {active: 2}]
         assert c.delete("/v1/admin/models/ple/versions/1", headers=AUTH).status_code == 200
         shutil.rmtree(repo / "ple" / "1")
@@ -110,16 +114,14 @@ def test_a_rollback_that_cannot_be_served_changes_nothing(repo, redis_prefix, ke
 def test_garbage_in_the_history_is_skipped_or_replaced(repo, redis_prefix, keys):
     key, r = keys
     with TestClient(app_for(repo, redis_prefix)) as c:
-        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
-        assert c.post("/v1/admin/models/ple/activate", json={"version": 1}, headers=AUTH).status_code == 200
+        activate(c, 1)
         r.lpush(key("history"), b"garbage", json.dumps({"active": "x", "split": None}))
         answer = c.post("/v1/admin/models/ple/rollback", headers=AUTH)  # past both, to {active: 2}
         assert answer.status_code == 200 and answer.json()["active"] == 2, answer.text
         assert r.llen(key("history")) == 0 and events(c, "corrupt_history") == 2
 
         r.set(key("history"), b"not a list")  # the wrong type: every change used to be a 503
-        answer = c.post("/v1/admin/models/ple/activate", json={"version": 1}, headers=AUTH)
-        assert answer.status_code == 200, answer.text
+        activate(c, 1)
         assert r.type(key("history")) == b"list" and r.get(key("active")) == b"1"
         assert events(c, "corrupt_history") == 3
 
@@ -127,8 +129,7 @@ def test_garbage_in_the_history_is_skipped_or_replaced(repo, redis_prefix, keys)
 def test_keys_lost_with_redis_are_restored_from_the_replicas_routing(repo, redis_prefix, keys):
     key, r = keys
     with TestClient(app_for(repo, redis_prefix)) as c:
-        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
-        assert c.post("/v1/admin/models/ple/activate", json={"version": 1}, headers=AUTH).status_code == 200
+        activate(c, 1)
         r.delete(key("active"), key("split"), key("history"))  # Redis restarted with nothing on disk
         wait_until(lambda: r.get(key("active")) == b"1", timeout=5, what="the keys restored")
         assert events(c, "keys_restored") == 1 and routes(c) == {1: 1.0}

@@ -232,6 +232,13 @@ def test_dashboard_percentiles_match_prometheus_histogram_quantile(server, prome
         assert values(query(prometheus, expr))[0] == pytest.approx(histogram_quantile(q, served), rel=1e-9)
 
 
+def headless_chromium(playwright, executable: str):
+    """Debian's chromium driven by Playwright (which never downloads a browser here)."""
+    return playwright.chromium.launch(executable_path=executable, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync", "--disable-quic"])  # fmt: skip
+
+
 def test_dashboard_in_headless_chromium_updates_after_traffic(server, tmp_path):
     chromium = need_tool("chromium", "chromium")
     from playwright.sync_api import sync_playwright
@@ -239,9 +246,7 @@ def test_dashboard_in_headless_chromium_updates_after_traffic(server, tmp_path):
     server.traffic.pause()
     problems: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync", "--disable-quic"])  # fmt: skip
+        browser = headless_chromium(p, chromium)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -279,9 +284,7 @@ def test_docs_render_in_headless_chromium_with_no_internet(server):
     outside: list[str] = []
     problems: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync", "--disable-quic"])  # fmt: skip
+        browser = headless_chromium(p, chromium)
         try:
             page = browser.new_page()
             # Everything but the service is cut off, as in a cluster with no way out.
