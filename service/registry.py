@@ -26,7 +26,7 @@ from service.engine import InferenceEngine
 from service.errors import ApiError
 from service.features import FeatureTransform, stable_hash
 from service.metrics import Metrics
-from service.modelspec import ModelSpec, sha256_file
+from service.modelspec import NAME_PATTERN, ModelSpec, sha256_file
 from service.settings import Settings
 
 log = logging.getLogger("ranker.registry")
@@ -37,7 +37,6 @@ try:  # glibc only; elsewhere release_memory() just collects garbage
 except (OSError, AttributeError):
     _LIBC = None
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
 _ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
 N_BUCKETS = 10_000  # users hash into this many A/B buckets; a split assigns bucket ranges

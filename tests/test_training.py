@@ -218,3 +218,38 @@ def test_the_example_config_file_holds_valid_hyper_parameters():
     assert train.patience == 2 and train.loss_gamma == {"income": 1.0, "never_married": 1.0}
     with pytest.raises(ValueError, match="no field"):
         run_config.train_config({"epochz": 3})
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--set", "model.n_levels=abc"], "n_levels='abc': must be an integer >= 1"),
+        (["--set", "model.n_levels=0"], "n_levels=0: must be an integer >= 1"),
+        (["--set", "model.expert_hidden=[]"], "expert_hidden=(): must not be empty"),
+        (["--batch-size", "0"], "train.batch_size=0"),
+        (["--lr", "nan"], "train.lr=nan"),
+        (["--set", "train.epochs=0"], "train.epochs=0"),  # --epochs 0 was refused; --set was not
+        (["--set", "train.loss_w0.ctr=abc"], "train.loss_w0.ctr='abc'"),
+        (["--set", "trian.lr=0.5"], "unknown section(s) ['trian']"),
+        (["--set", "run.modle=mmoe"], "[run] has no key(s) ['modle']"),
+        (["--set", "data.videolog.foo=1"], "data.videolog has no option(s) ['foo']"),
+        (["--name", "a/b"], "--name 'a/b'"),
+        (["--name", ".."], "--name '..'"),
+        (["--threads", "-1"], "--threads -1"),
+        (["--baseline-metrics", "/nonexistent/metrics.json"], "--baseline-metrics /nonexistent/metrics.json"),
+        (["--data", "census", "--data-dir", "/nonexistent"], "cannot load --data census"),
+    ],
+)
+def test_cli_refuses_bad_settings_in_one_line_before_training(tmp_path, capsys, args, says):
+    code, stdout, stderr = run_cli([*args, "--impressions", "2000", "--out", str(tmp_path / "models")], capsys)
+    assert code == 2 and stdout == [], stderr
+    assert stderr.strip().startswith("ranker-train: ") and says in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "models" / "ple").exists()  # nothing trained, nothing published
+
+
+def test_cli_says_when_training_diverges_instead_of_failing_in_the_metrics(tmp_path, capsys):
+    code, stdout, stderr = run_cli(["--lr", "1e8", "--epochs", "1", "--impressions", "2000",
+                                    "--out", str(tmp_path / "models")], capsys)  # fmt: skip
+    assert code == 1 and stdout == []
+    assert "training diverged" in stderr and "lower the learning rate" in stderr
+    assert not (tmp_path / "models" / "ple").exists()

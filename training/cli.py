@@ -7,13 +7,17 @@ overrides and the flags below, in that order of precedence (training/config.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 import torch
 
-from service.modelspec import TaskSpec
+from service.modelspec import NAME_PATTERN, TaskSpec
 from training import config as run_config
 from training.data import Dataset, census, data_root, kuairand, synthetic, videolog
 from training.distributed import DEVICES, resolve_device
@@ -91,6 +95,44 @@ def data_tasks(name: str, options: dict) -> list[TaskSpec]:
     return loaders[name].TASKS
 
 
+def check_data_options(name: str, options: dict) -> None:
+    """TypeError naming an option the data set's loader does not take, before anything is loaded."""
+    takes = {"videolog": videolog.VideoLogConfig, "synthetic": synthetic.SyntheticConfig,
+             "census": census.load, "kuairand": kuairand.load}.get(name)  # fmt: skip
+    if takes is None:
+        return  # parquet: data_tasks checks its path
+    if isinstance(takes, type):
+        names = {f.name for f in dataclasses.fields(takes)}
+    else:
+        names = set(list(inspect.signature(takes).parameters)[1:])  # after the path
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(f"data.{name} has no option(s) {unknown}; it has {sorted(names)}")
+
+
+def check_outputs(run: dict, args: argparse.Namespace) -> None:
+    """The model name, --out, --features-out and --baseline-metrics, checked before hours of training."""
+    name = run["name"] or run["model"]
+    if not re.fullmatch(NAME_PATTERN, str(name)):
+        raise ValueError(f"--name {name!r}: a model name is letters, digits, '_', '.' or '-' (the service's rule)")
+    out = Path(run["out"])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission
+        raise ValueError(f"--out {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out}: not writable")
+    if args.features_out is not None and args.features_out.exists() and not args.features_out.is_dir():
+        raise ValueError(f"--features-out {args.features_out}: a file is in the way of the folder")
+    if args.baseline_metrics is not None:
+        try:
+            json.loads(args.baseline_metrics.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--baseline-metrics {args.baseline_metrics}: {exc}") from None
+    if run.get("threads") is not None and (type(run["threads"]) is not int or run["threads"] < 1):
+        raise ValueError(f"--threads {run['threads']!r}: must be an integer >= 1")
+
+
 def load_data(name: str, options: dict, data_dir: Path | None, features_out: Path | None = None) -> Dataset:
     if name == "videolog":
         log = videolog.simulate(videolog.VideoLogConfig(**options))
@@ -118,7 +160,7 @@ def baseline_gain(path: Path, result) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train import check_loss_weights, run_parquet_training, run_training  # after parsing: fast --help
+    from training.train import TrainingDiverged, check_loss_weights, run_parquet_training, run_training  # fast --help
 
     args = parse_args(argv)
     try:
@@ -130,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         model_config = config_with(run["model"], cfg["model"])
         train_config = run_config.train_config(cfg["train"])
         resolve_device(train_config.device)  # --device cuda without a GPU: say so before loading any data
+        run_config.check_sections(cfg, DATA_SETS)
+        check_data_options(run["data"], cfg["data"].get(run["data"], {}))
         check_loss_weights(train_config, data_tasks(run["data"], cfg["data"].get(run["data"], {})))
+        check_outputs(run, args)
     except (ValueError, TypeError, OSError) as exc:
         print(f"ranker-train: {exc}", file=sys.stderr)
         return 2
@@ -142,10 +187,17 @@ def main(argv: list[str] | None = None) -> int:
             result = run_parquet_training(options.pop("path"), run["model"], train_config, model_config,
                                           log=lambda line: print(line, file=sys.stderr), **options)  # fmt: skip
         else:
-            dataset = load_data(run["data"], cfg["data"].get(run["data"], {}), run.get("data_dir"),
-                                args.features_out if run["data"] == "videolog" else None)  # fmt: skip
+            try:
+                dataset = load_data(run["data"], cfg["data"].get(run["data"], {}), run.get("data_dir"),
+                                    args.features_out if run["data"] == "videolog" else None)  # fmt: skip
+            except (OSError, ValueError) as exc:  # a data folder or file missing, an option out of range
+                print(f"ranker-train: cannot load --data {run['data']}: {exc}", file=sys.stderr)
+                return 2
             result = run_training(dataset, run["model"], train_config, model_config,
                                   log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    except TrainingDiverged as exc:
+        print(f"ranker-train: {exc}", file=sys.stderr)
+        return 1
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -1,7 +1,7 @@
 """Run configuration: defaults < a TOML file < `--set section.key=value` < explicit flags.
 
 A config file holds every hyper-parameter (see examples/train-census-ple.toml):
-    [run]    data, model, out, name, seed, threads
+    [run]    data, model, out, name, threads, data_dir
     [train]  TrainConfig fields; [train.loss_w0] / [train.loss_gamma] per task of the chosen data
     [model]  fields of the chosen family's config dataclass (training/models/)
     [data.<name>]  the loader's options (e.g. [data.videolog] n_impressions, task_correlation)
@@ -69,3 +69,16 @@ def train_config(section: dict) -> TrainConfig:
     if unknown:
         raise ValueError(f"[train] has no field(s) {sorted(unknown)}; it has {sorted(names)}")
     return TrainConfig(**section)
+
+
+def check_sections(config: dict, data_sets: tuple[str, ...] | list[str]) -> None:
+    """ValueError for a section, [run] key or data set nobody reads (a typo would otherwise be ignored)."""
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown}; sections are {sorted(DEFAULTS)}")
+    unknown = sorted(set(config["run"]) - set(DEFAULTS["run"]))
+    if unknown:
+        raise ValueError(f"[run] has no key(s) {unknown}; it has {sorted(set(DEFAULTS['run']))}")
+    unknown = sorted(set(config["data"]) - set(data_sets))
+    if unknown:
+        raise ValueError(f"[data] names unknown data set(s) {unknown}; known: {sorted(data_sets)}")

@@ -13,6 +13,7 @@ export. Under torchrun it runs data-parallel (training/distributed.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,43 @@ class TrainConfig:
     # (e.g. "no share" for an impression never clicked). Only for the ablation of reports/; the
     # validation loss and all metrics stay inside each task's own sample space.
     sample_space_loss: bool = True
+
+    def __post_init__(self) -> None:
+        """ValueError naming the first setting of the wrong type or range, before any data is read."""
+
+        def integer(name: str, least: int) -> None:
+            value = getattr(self, name)
+            if type(value) is not int or value < least:
+                raise ValueError(f"train.{name}={value!r}: must be an integer >= {least}")
+
+        def number(name: str, value: object, positive: bool) -> None:
+            ok = type(value) in (int, float) and (0 < value if positive else 0 <= value) and math.isfinite(value)
+            if not ok:
+                raise ValueError(f"train.{name}={value!r}: must be a finite number {'> 0' if positive else '>= 0'}")
+
+        integer("epochs", 1)
+        integer("batch_size", 1)
+        integer("seed", 0)
+        integer("patience", 0)
+        if self.split_seed is not None:
+            integer("split_seed", 0)
+        number("lr", self.lr, positive=True)
+        number("weight_decay", self.weight_decay, positive=False)
+        for table in ("loss_w0", "loss_gamma"):
+            values = getattr(self, table)
+            if not isinstance(values, dict):
+                raise ValueError(f"train.{table} must be a table of task = number")
+            for task, value in values.items():
+                number(f"{table}.{task}", value, positive=table == "loss_gamma")
+        for flag in ("sample_space_loss",):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"train.{flag}={getattr(self, flag)!r}: must be true or false")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ValueError(f"train.progress={self.progress!r}: must be true or false")
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite (a learning rate too high, most often)."""
 
 
 @dataclass
@@ -221,12 +259,16 @@ def fit(
                 penalty = penalty_weight * subspace_orthogonality(subspaces)
                 loss = loss + penalty
                 penalty_total += penalty.detach()
+            value = loss.item()
+            if not math.isfinite(value):  # (under torchrun, the other processes are stopped with this one)
+                raise TrainingDiverged(f"training diverged: the loss is {value} at epoch {epoch + 1}, step "
+                                       f"{steps + 1}; lower the learning rate (now {config.lr})")  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += per_task.detach()
             steps += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         steps = max(steps, 1)
         val_loss = validation_loss(model, enc["val"], val, w0)
         val_metrics = task_metrics(predict(model, enc["val"].sparse_ids, enc["val"].dense), val.labels, val.masks, dataset.tasks)

@@ -58,7 +58,35 @@ def config_with(family: str, overrides: Mapping[str, Any], base=None):
     unknown = set(overrides) - names
     if unknown:
         raise ValueError(f"{family} has no hyper-parameter(s) {sorted(unknown)}; it has {sorted(names)}")
-    return dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    check_config(family, config)
+    return config
+
+
+MAY_BE_ZERO = {"n_shared_experts"}  # counts a family may do without
+MAY_BE_EMPTY = {"tower_hidden"}  # a tower may be a single linear layer
+
+
+def check_config(family: str, config) -> None:
+    """ValueError naming the first hyper-parameter of the wrong type or range (before any data is read)."""
+    for f in dataclasses.fields(config):
+        value, default = getattr(config, f.name), f.default
+        where = f"{family} hyper-parameter {f.name}={value!r}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: must be true or false")
+        elif isinstance(default, int):
+            least = 0 if f.name in MAY_BE_ZERO else 1
+            if type(value) is not int or value < least:
+                raise ValueError(f"{where}: must be an integer >= {least}")
+        elif isinstance(default, float):
+            if type(value) not in (int, float) or not 0 <= value < float("inf"):
+                raise ValueError(f"{where}: must be a finite number >= 0")
+        elif isinstance(default, tuple):
+            if not isinstance(value, tuple) or any(type(v) is not int or v < 1 for v in value):
+                raise ValueError(f"{where}: must be a list of integers >= 1")
+            if not value and f.name not in MAY_BE_EMPTY:
+                raise ValueError(f"{where}: must not be empty")
 
 
 def squashes(task: TaskSpec) -> bool:
