@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import redis
 from tqdm import tqdm
 
 from service.store import TABLES, RedisStore, read_table, redis_client
@@ -27,15 +28,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", type=Path, default=Path("data/features"), help="folder with users.jsonl/items.jsonl")
     p.add_argument("--batch", type=int, default=1000, help="keys per pipelined round trip")
     args = p.parse_args(argv)
-    store = RedisStore(redis_client(args.redis_url, timeout_s=10.0), args.prefix)
-    total = 0
-    for entity, filename in TABLES.items():
-        path = args.features / filename
-        if not path.is_file():
-            print(f"skipping {entity} features: {path} not found", file=sys.stderr)
-            continue
-        with tqdm(total=count_lines(path), desc=f"{entity}s", unit="rows", file=sys.stderr) as bar:
-            total += store.put(entity, read_table(path), batch=args.batch, progress=bar.update)
+    if args.batch < 1:
+        p.error("--batch must be at least 1")
+    paths = {entity: args.features / filename for entity, filename in TABLES.items()}
+    if not any(path.is_file() for path in paths.values()):
+        p.error(f"--features {args.features}: no {' or '.join(TABLES.values())} there")
+    try:
+        store = RedisStore(redis_client(args.redis_url, timeout_s=10.0), args.prefix)
+        store.client.ping()
+        total = 0
+        for entity, path in paths.items():
+            if not path.is_file():
+                print(f"skipping {entity} features: {path} not found", file=sys.stderr)
+                continue
+            with tqdm(total=count_lines(path), desc=f"{entity}s", unit="rows", file=sys.stderr) as bar:
+                total += store.put(entity, read_table(path), batch=args.batch, progress=bar.update)
+    except (ValueError, redis.RedisError) as exc:  # a bad URL, Redis unreachable
+        print(f"ranker-load-features: {exc}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError) as exc:  # a table line without "id" / "features"
+        print(f"ranker-load-features: a table line lacks {exc} (lines are {{\"id\": ..., \"features\": {{...}}}})",
+              file=sys.stderr)  # fmt: skip
+        return 1
     print(f"wrote {total} feature rows to {args.redis_url} under {args.prefix}feat:", file=sys.stderr)
     return 0
 

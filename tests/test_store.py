@@ -97,3 +97,24 @@ def test_slow_redis_times_out_at_the_configured_limit(own_redis):
         sleeper.wait(timeout=10)
     assert got.degraded
     assert elapsed < 0.5  # gave up long before Redis woke (1 s)
+
+
+def test_the_loader_command_says_what_is_wrong_in_one_line(tmp_path, redis_prefix, capsys):
+    from service.loader import main
+
+    def run(*args) -> tuple[int, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's errors
+            code = exit_.code
+        return code, capsys.readouterr().err.strip().splitlines()[-1]
+
+    url = REDIS_URL
+    assert run("--redis-url", url, "--features", str(tmp_path / "none")) == (
+        2, f"ranker-load-features: error: --features {tmp_path / 'none'}: no users.jsonl or items.jsonl there")
+    assert run("--redis-url", url, "--features", str(tmp_path), "--batch", "0")[0] == 2
+    (tmp_path / "users.jsonl").write_text('{"id": "u1"}\n')
+    code, line = run("--redis-url", url, "--prefix", redis_prefix, "--features", str(tmp_path))
+    assert code == 1 and "lacks 'features'" in line
+    code, line = run("--redis-url", "redis://127.0.0.1:1/0", "--features", str(tmp_path))
+    assert code == 1 and line.startswith("ranker-load-features: ") and "refused" in line.lower()
