@@ -99,3 +99,15 @@ def test_the_naive_loss_pulls_after_click_predictions_towards_zero():
         assert result.metrics["test"]["vtr"]["samples"] < len(data) * 0.5  # metrics stay in the click space
     for task in ("vtr", "vcr"):
         assert means[False][task] < means[True][task] * 0.8, (task, means)
+
+
+def test_the_command_refuses_a_bad_out_or_threads_in_one_line_and_reports_into_a_new_folder(tmp_path, capsys):
+    from training.experiments.__main__ import main
+
+    (tmp_path / "a-file").write_text("")
+    for args in (["report", "--threads", "0"], ["report", "--out", str(tmp_path / "a-file")]):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 2 and "error: --" in capsys.readouterr().err
+    assert main(["report", "--out", str(tmp_path / "new" / "reports")]) == 0
+    assert (tmp_path / "new" / "reports" / "experiments.md").is_file()

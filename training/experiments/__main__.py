@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: runs are reproducible and cheap)")
     args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
+    try:  # before hours of runs: --out must be a folder this process can write
+        (args.out / "sections").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out {args.out}: {exc.strerror or exc}")
     names = list(EXPERIMENTS) if args.names == ["all"] else [n for n in args.names if n != "report"]
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
