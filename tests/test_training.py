@@ -228,6 +228,7 @@ def test_the_example_config_file_holds_valid_hyper_parameters():
         (["--set", "model.expert_hidden=[]"], "expert_hidden=(): must not be empty"),
         (["--batch-size", "0"], "train.batch_size=0"),
         (["--lr", "nan"], "train.lr=nan"),
+        (["--lr", "-1"], "train.lr=-1"),
         (["--set", "train.epochs=0"], "train.epochs=0"),  # --epochs 0 was refused; --set was not
         (["--set", "train.loss_w0.ctr=abc"], "train.loss_w0.ctr='abc'"),
         (["--set", "trian.lr=0.5"], "unknown section(s) ['trian']"),

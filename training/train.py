@@ -71,7 +71,7 @@ class TrainConfig:
         integer("patience", 0)
         if self.split_seed is not None:
             integer("split_seed", 0)
-        number("lr", self.lr, positive=True)
+        number("lr", self.lr, positive=False)  # 0 is allowed: a run that only evaluates
         number("weight_decay", self.weight_decay, positive=False)
         for table in ("loss_w0", "loss_gamma"):
             values = getattr(self, table)
