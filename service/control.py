@@ -68,9 +68,16 @@ def _split(active: int, raw: object) -> dict[int, float] | None:
         raise ControlCorrupt(f"the split does not include the active version {active}")
     if abs(sum(weights.values()) - 1.0) < 1e-9:
         return weights  # as the registry wrote it: equal states compare equal after a round trip
-    largest = max(weights.values())  # scaled first: weights near 1e308 must not sum to inf
-    total = sum(w / largest for w in weights.values())
-    return {v: w / largest / total for v, w in weights.items()}
+    return normalised(weights)
+
+
+def normalised(weights: dict[int, float]) -> dict[int, float]:
+    """Weights (>= 0, at least one > 0) scaled to sum to 1. Divided by the largest first, so that
+    weights near the float limit (1e308) cannot sum to inf and leave every share 0."""
+    largest = max(weights.values())
+    scaled = {v: w / largest for v, w in weights.items()}
+    total = sum(scaled.values())
+    return {v: w / total for v, w in scaled.items()}
 
 
 @dataclass(frozen=True)

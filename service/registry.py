@@ -21,7 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.control import ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused, RoutingState
+from service.control import (ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused, RoutingState,
+                             normalised)
 from service.engine import InferenceEngine
 from service.errors import ApiError
 from service.features import FeatureTransform, stable_hash
@@ -394,13 +395,9 @@ class Registry:
         with self._locks[name]:
             for version in weights:
                 self._ready_entry(name, version)
-            largest = max(weights.values())
-            if largest <= 0:
+            if max(weights.values()) <= 0:
                 raise ApiError(422, "invalid_split", "split weights must have a positive sum", "weights")
-            # Scaled by the largest first, so that weights near the float limit (1e308) cannot sum to inf.
-            scaled = {v: w / largest for v, w in weights.items()}
-            total = sum(scaled.values())
-            shares = {v: w / total for v, w in scaled.items() if w > 0}
+            shares = {v: w for v, w in normalised(weights).items() if w > 0}
             active = max(shares, key=lambda v: (shares[v], v))
             state = RoutingState(active, shares if len(shares) > 1 else None)
             self._write_control(name, state)
