@@ -81,7 +81,7 @@ class Metrics:
 
 class RequestMetricsMiddleware:
     """Pure ASGI middleware: latency by route template (not raw path, to bound label values), and
-    errors by kind, including unhandled exceptions (answered as 500 outside this middleware)."""
+    errors by kind (each error answer records its kind in the scope's state)."""
 
     def __init__(self, app, metrics: Metrics, routes: Sequence[BaseRoute] = ()):
         self.app, self.metrics, self.routes = app, metrics, routes
@@ -106,17 +106,13 @@ class RequestMetricsMiddleware:
             await send(message)
 
         self.metrics.in_flight.inc()
-        kind = None
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
-            kind = "internal"
-            raise
         finally:
             self.metrics.in_flight.dec()
             route = scope.get("route")
             path = getattr(route, "path", "unmatched") if route is not None else self._template(scope)
             self.metrics.requests.labels(path, scope["method"], str(status["code"])).observe(time.perf_counter() - start)
-            kind = kind or scope.get("state", {}).get("error_kind")
+            kind = scope.get("state", {}).get("error_kind")  # unhandled errors: set by InternalErrorMiddleware
             if kind:
                 self.metrics.errors.labels(kind).inc()
