@@ -18,6 +18,7 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY service ./service
 # [gpu] installs onnxruntime-gpu, [cpu] onnxruntime: never both in one environment. Not editable:
 # the venv holds a copy of the service, so /src is left behind with this stage.

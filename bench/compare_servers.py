@@ -34,8 +34,15 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, ROOT, free_port, newest_version, print_table, write_result  # noqa: E402
-from common import make_request  # noqa: E402
+from common import (  # noqa: E402
+    BIN,
+    ROOT,
+    free_port,
+    make_request,  # noqa: E402
+    newest_version,
+    print_table,
+    write_result,
+)
 
 SIZES = (100, 500, 1000)
 VENVS = ROOT / "bench" / ".venvs"

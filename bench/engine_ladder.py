@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, newest_version, percentiles_ms, print_table, write_result  # noqa: E402
 
+from contract.features import FeatureTransform  # noqa: E402
+from contract.modelspec import ModelSpec  # noqa: E402
 from service.engine import CUDA, InferenceEngine  # noqa: E402
-from service.features import FeatureTransform  # noqa: E402
-from service.modelspec import ModelSpec  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 SIZES = [1, 100, 1000, 4096]

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, print_table, write_result  # noqa: E402
 
-from service.features import FeatureTransform  # noqa: E402
+from contract.features import FeatureTransform  # noqa: E402
 from training.data import videolog  # noqa: E402
 from training.losses import masked_task_losses  # noqa: E402
 from training.models import build_model, default_config  # noqa: E402

@@ -8,8 +8,9 @@ import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from service.responses import JSONBytes
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.responses import JSONBytes
 
 log = logging.getLogger("ranker")
 

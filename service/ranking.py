@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract.features import Encoded, FeatureValueError, usable_or_none
+from contract.scoring import Ranking, ScoreOverflow, rank
 from service import jsonrows
 from service.candidates import EMPTY, VIDEO_LEN, Candidates
 from service.errors import ApiError
-from service.features import Encoded, FeatureValueError, usable_or_none
 from service.metrics import Metrics
 from service.registry import ModelVersion, Registry
 from service.schemas import RankRequest
-from service.scoring import Ranking, ScoreOverflow, rank
 from service.settings import Settings
 from service.store import FeatureStore, Fetched
 

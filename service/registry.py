@@ -21,13 +21,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.control import (ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused, RoutingState,
-                             normalised)
+from contract.features import FeatureTransform, stable_hash
+from contract.modelspec import NAME_PATTERN, ModelSpec, sha256_file
+from service.control import ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused, RoutingState, normalised
 from service.engine import InferenceEngine
 from service.errors import ApiError
-from service.features import FeatureTransform, stable_hash
 from service.metrics import Metrics
-from service.modelspec import NAME_PATTERN, ModelSpec, sha256_file
 from service.settings import Settings
 
 log = logging.getLogger("ranker.registry")

@@ -8,8 +8,7 @@ from typing import Annotated, Any, NotRequired
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema, with_config
 from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
 
-from service.modelspec import VideoLenTransform
-from service.registry import NAME_PATTERN
+from contract.modelspec import NAME_PATTERN, VideoLenTransform
 
 MAX_FEATURE_TEXT = 1024
 

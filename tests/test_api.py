@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from contract.modelspec import LogTransform, ModelSpec, SigmoidTransform
+from contract.scoring import log_video_len_factor
 from service.app import create_app
-from service.modelspec import LogTransform, ModelSpec, SigmoidTransform
-from service.scoring import log_video_len_factor
 from service.settings import Settings
 
 

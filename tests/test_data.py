@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.features import FeatureTransform
+from contract.features import FeatureTransform
 from training.data import census, data_root, kuairand, synthetic, videolog
 
 

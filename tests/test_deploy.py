@@ -103,7 +103,7 @@ def test_the_image_is_multi_stage_torch_free_non_root_and_checks_readiness():
     assert re.search(r"(?m)^HEALTHCHECK .*\n?.*/health/ready", runtime)
     copied = re.findall(r"(?m)^COPY (?!--from)(.+) \S+$", build)
     sources = [s for line in copied for s in line.split()]
-    assert sorted(sources) == ["README.md", "pyproject.toml", "service"] and all((ROOT / s).exists() for s in sources)
+    assert sorted(sources) == ["README.md", "contract", "pyproject.toml", "service"] and all((ROOT / s).exists() for s in sources)
     assert "torch" not in "".join(l for l in build.splitlines() if not l.startswith("#"))
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"training", "models", "data", ".venv", "tests"} <= set(ignored)

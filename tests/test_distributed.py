@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from service.modelspec import ModelSpec, TaskSpec
+from contract.modelspec import ModelSpec, TaskSpec
 from service.registry import load_version
 from service.settings import Settings
 from tests.conftest import BIN, stream_args

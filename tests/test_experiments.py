@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
+from contract.features import FeatureTransform
 from training.data import videolog
 from training.experiments.runner import Outcome, Run, Runner, gain, paired_gains
 from training.train import TrainConfig, encode, run_training
-from service.features import FeatureTransform
 
 EXPERIMENTS = ["synthetic", "census", "kuairand", "utilization", "loss", "levels"]
 

@@ -4,8 +4,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from service.features import DENSE_INPUT, SPARSE_INPUT
-from service.modelspec import ModelSpec, sha256_file
+from contract.features import DENSE_INPUT, SPARSE_INPUT
+from contract.modelspec import ModelSpec, sha256_file
 from training.export import PARITY_ATOL, write_version
 from training.train import sample_inputs
 

@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import pytest
 
+from contract.features import MISSING_ID, FeatureTransform, FeatureValueError, fit_dense, stable_hash
+from contract.modelspec import FeatureSpec
 from service.candidates import Candidates
-from service.features import MISSING_ID, FeatureTransform, FeatureValueError, fit_dense, stable_hash
-from service.modelspec import FeatureSpec
 from service.ranking import Ranker
 from service.schemas import RankRequest
 from service.store import InProcessStore
@@ -23,7 +23,7 @@ SPECS = [
 
 
 def test_stable_hash_is_identical_across_processes():
-    code = "from service.features import stable_hash; print(stable_hash('music'), stable_hash('u42'))"
+    code = "from contract.features import stable_hash; print(stable_hash('music'), stable_hash('u42'))"
     outputs = set()
     for seed in ("1", "2", "random"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
@@ -71,7 +71,7 @@ def test_non_numeric_dense_values_are_rejected_with_the_feature_name_and_row(bad
 
 
 def test_usable_or_none_keeps_numbers_and_drops_the_rest():
-    from service.features import usable_or_none
+    from contract.features import usable_or_none
 
     assert usable_or_none("len", [1, "2.5", None, "abc", 10**400, True, [1]]) == [1, "2.5", None, None, None, True, None]
 

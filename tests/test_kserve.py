@@ -5,9 +5,9 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
+from contract.features import FeatureTransform
+from contract.modelspec import ModelSpec
 from service.app import create_app
-from service.features import FeatureTransform
-from service.modelspec import ModelSpec
 from service.settings import Settings
 
 

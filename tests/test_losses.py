@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.modelspec import TaskSpec
+from contract.modelspec import TaskSpec
 from training import cli
 from training.data import videolog
 from training.losses import epoch_task_weights, masked_task_losses

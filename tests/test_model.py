@@ -1,6 +1,6 @@
 import torch
 
-from service.modelspec import TaskSpec
+from contract.modelspec import TaskSpec
 from training.losses import epoch_task_weights, masked_task_losses
 from training.models import build_model
 from training.models.ple import PLEConfig, ple_level

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from service.modelspec import LogTransform, NoneTransform, PowerTransform, SigmoidTransform
-from service.scoring import ScoreOverflow, log_video_len_factor, rank
+from contract.modelspec import LogTransform, NoneTransform, PowerTransform, SigmoidTransform
+from contract.scoring import ScoreOverflow, log_video_len_factor, rank
 
 TRANSFORMS = [NoneTransform(), LogTransform(tau=45.0), SigmoidTransform(mu=20.0, s=8.0), PowerTransform(alpha=-0.4)]
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from service.modelspec import ModelSpec, sha256_file
+from contract.modelspec import ModelSpec, sha256_file
 from tests.conftest import stream_args
 from training import cli
 from training.data.stream import ParquetStream, split_of

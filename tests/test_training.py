@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.features import FeatureTransform
-from service.modelspec import ModelSpec
+from contract.features import FeatureTransform
+from contract.modelspec import ModelSpec
 from service.registry import load_version
 from service.settings import Settings
 from training import cli

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.modelspec import TaskSpec
+from contract.modelspec import TaskSpec
 from training.export import PARITY_ATOL, export_onnx, max_parity_error
 from training.losses import subspace_orthogonality
 from training.models import FAMILIES, build_model, config_with

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from service.modelspec import NAME_PATTERN, TaskSpec
+from contract.modelspec import NAME_PATTERN, TaskSpec
 from training import config as run_config
 from training.data import Dataset, census, data_root, kuairand, synthetic, videolog
 from training.distributed import DEVICES, resolve_device

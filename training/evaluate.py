@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from service.modelspec import TaskSpec
+from contract.modelspec import TaskSpec
 
 
 def on_model_device(model: torch.nn.Module, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.features import DENSE_INPUT, SPARSE_INPUT, FeatureTransform
-from service.modelspec import DataSpec, ModelSpec, ScoringDefaults, TensorSpec, sha256_file
+from contract.features import DENSE_INPUT, SPARSE_INPUT, FeatureTransform
+from contract.modelspec import DataSpec, ModelSpec, ScoringDefaults, TensorSpec, sha256_file
 from training.train import TrainResult, sample_inputs
 
 OPSET = 18

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from service.modelspec import TaskSpec
+from contract.modelspec import TaskSpec
 from training.models import squashes
 
 

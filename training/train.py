@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from service.features import Encoded, FeatureTransform, fit_dense
-from service.modelspec import FeatureSpec, TaskSpec
+from contract.features import Encoded, FeatureTransform, fit_dense
+from contract.modelspec import FeatureSpec, TaskSpec
 from training.data import Dataset
 from training.distributed import TrainingStep, data_parallel, distributed_context, loss_denominators, resolve_device
 from training.evaluate import gate_utilisation, on_model_device, predict, task_metrics

@@ -1,8 +1,8 @@
 """The ranking logic every peer server shares: feature tables, raw features, scores.
 
 A team serving this model in another stack would still use the project's feature transform (the
-one contract between training and serving, service/features.py) and the scoring formula
-(service/scoring.py); what differs between peers is only the server and the inference engine.
+one contract between training and serving, contract/features.py) and the scoring formula
+(contract/scoring.py); what differs between peers is only the server and the inference engine.
 This module depends on NumPy and pydantic only (no redis, no FastAPI), so it imports in every
 peer's own virtual environment with the repository root on sys.path.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from service.features import FeatureTransform
-from service.modelspec import ModelSpec
-from service.scoring import rank
+from contract.features import FeatureTransform
+from contract.modelspec import ModelSpec
+from contract.scoring import rank
 
 VIDEO_LEN = "video_len"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from service.features import FeatureTransform  # noqa: E402
-from service.modelspec import ModelSpec  # noqa: E402
+from contract.features import FeatureTransform  # noqa: E402
+from contract.modelspec import ModelSpec  # noqa: E402
 from training.models import PLEConfig, build_model  # noqa: E402
 
 

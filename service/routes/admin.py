@@ -6,10 +6,10 @@ from typing import Annotated, Any, Callable, Coroutine
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.routing import APIRoute
 
+from contract.modelspec import NAME_PATTERN
 from service.control import RoutingState
 from service.deps import RegistryDep, SettingsDep
 from service.errors import ApiError
-from service.registry import NAME_PATTERN
 from service.schemas import ActivateRequest, RoutingResponse, SplitRequest, error_responses
 
 

@@ -4,10 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
+from contract.modelspec import NAME_PATTERN
 from service import kserve
 from service.deps import RegistryDep, SettingsDep
 from service.errors import ApiError
-from service.registry import NAME_PATTERN
 from service.responses import JSONBytes
 from service.schemas import error_responses
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.modelspec import FeatureSpec, TaskSpec
+from contract.modelspec import FeatureSpec, TaskSpec
 
 DATA_DIR_ENV = "RANKER_DATA_DIR"
 

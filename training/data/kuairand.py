@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from service.modelspec import FeatureSpec, TaskSpec
+from contract.modelspec import FeatureSpec, TaskSpec
 from training.data import Dataset, data_root
 
 DIRECTORY = Path("kuairand")

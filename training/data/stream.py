@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from service.features import pre_standardise
-from service.modelspec import FeatureSpec, TaskSpec, sha256_file
+from contract.features import pre_standardise
+from contract.modelspec import FeatureSpec, TaskSpec, sha256_file
 from training.data import Dataset
 
 META_KEY = b"ple_ranker.dataset"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.modelspec import FeatureSpec, TaskSpec
+from contract.modelspec import FeatureSpec, TaskSpec
 from training.data import Dataset
 
 TASKS = [

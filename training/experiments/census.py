@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.features import FeatureTransform
+from contract.features import FeatureTransform
 from training.experiments import plots
 from training.experiments.context import Context
 from training.experiments.report import gain_cells, metric_cells, pm, seconds, table

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from service.modelspec import TaskSpec
+from contract.modelspec import TaskSpec
 from training.models import adatt, moe, ple, sharing, stitch
 from training.models.parts import FeatureEmbedding, Towers
 from training.models.ple import PLEConfig

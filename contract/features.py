@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from service.modelspec import FeatureSpec, TensorSpec
+from contract.modelspec import FeatureSpec, TensorSpec
 
 MISSING_ID = 0
 CACHE_LIMIT = 1 << 18  # raw strings remembered per sparse feature (ids, categories)

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-from service.modelspec import LogTransform, NoneTransform, PowerTransform, SigmoidTransform
+from contract.modelspec import LogTransform, NoneTransform, PowerTransform, SigmoidTransform
 
 
 def log_video_len_factor(transform, video_len: np.ndarray) -> np.ndarray:

@@ -1,0 +1,29 @@
+"""The package boundaries the layout promises: the contract stands alone, training never imports the server."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def imported_after(statement: str) -> set[str]:
+    """Top-level packages loaded by `statement` in a fresh interpreter."""
+    code = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_contract_imports_neither_side_nor_their_engines():
+    loaded = imported_after("import contract.modelspec, contract.features, contract.scoring")
+    assert not loaded & {"service", "training", "torch", "onnxruntime", "redis", "fastapi", "prometheus_client"}
+
+
+@pytest.mark.parametrize("module", ["training.cli", "training.train", "training.export", "training.data.stream",
+                                    "training.data.census", "training.data.kuairand", "training.models"])  # fmt: skip
+def test_training_does_not_import_the_service(module):
+    assert "service" not in imported_after(f"import {module}")
+
+
+def test_the_request_schema_does_not_pull_in_the_engines():
+    loaded = imported_after("import service.schemas")
+    assert not loaded & {"onnxruntime", "redis", "prometheus_client", "torch"}
