@@ -27,63 +27,12 @@ from tqdm import tqdm
 
 from contract.features import Encoded, FeatureTransform, fit_dense
 from contract.modelspec import FeatureSpec, TaskSpec
+from training.config import TrainConfig
 from training.data import Dataset
 from training.distributed import TrainingStep, data_parallel, distributed_context, loss_denominators, resolve_device
 from training.evaluate import gate_utilisation, on_model_device, predict, task_metrics
 from training.losses import check_task_names, epoch_task_weights, masked_task_losses, subspace_orthogonality
 from training.models import MultiTaskModel, build_model
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 1024
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    split_seed: int | None = None  # None: the data set's own seed (its documented split), else 0
-    patience: int = 0  # stop after this many epochs without a better validation loss; 0 = never
-    progress: bool | None = None  # a tqdm bar per epoch; None = only on a terminal
-    device: str = "auto"  # auto | cpu | cuda (auto: cuda when torch sees a GPU)
-    loss_w0: dict[str, float] = field(default_factory=dict)  # w_k0 per task (default 1)
-    loss_gamma: dict[str, float] = field(default_factory=dict)  # gamma_k per task (default 1)
-    # False: the naive loss over every sample, labels outside a task's sample space counting as 0
-    # (e.g. "no share" for an impression never clicked). Only for the ablation of reports/; the
-    # validation loss and all metrics stay inside each task's own sample space.
-    sample_space_loss: bool = True
-
-    def __post_init__(self) -> None:
-        """ValueError naming the first setting of the wrong type or range, before any data is read."""
-
-        def integer(name: str, least: int) -> None:
-            value = getattr(self, name)
-            if type(value) is not int or value < least:
-                raise ValueError(f"train.{name}={value!r}: must be an integer >= {least}")
-
-        def number(name: str, value: object, positive: bool) -> None:
-            ok = type(value) in (int, float) and (0 < value if positive else 0 <= value) and math.isfinite(value)
-            if not ok:
-                raise ValueError(f"train.{name}={value!r}: must be a finite number {'> 0' if positive else '>= 0'}")
-
-        integer("epochs", 1)
-        integer("batch_size", 1)
-        integer("seed", 0)
-        integer("patience", 0)
-        if self.split_seed is not None:
-            integer("split_seed", 0)
-        number("lr", self.lr, positive=False)  # 0 is allowed: a run that only evaluates
-        number("weight_decay", self.weight_decay, positive=False)
-        for table in ("loss_w0", "loss_gamma"):
-            values = getattr(self, table)
-            if not isinstance(values, dict):
-                raise ValueError(f"train.{table} must be a table of task = number")
-            for task, value in values.items():
-                number(f"{table}.{task}", value, positive=table == "loss_gamma")
-        for flag in ("sample_space_loss",):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"train.{flag}={getattr(self, flag)!r}: must be true or false")
-        if self.progress is not None and not isinstance(self.progress, bool):
-            raise ValueError(f"train.progress={self.progress!r}: must be true or false")
 
 
 class TrainingDiverged(ValueError):
