@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 from contract.modelspec import NAME_PATTERN
+from training.balancing import Balancing
 from training.data.sets import DATA_SETS
 from training.models import FAMILIES, config_with
 from training.settings_types import STRICT, Count, NonNegative, Positive
@@ -45,6 +46,16 @@ class TrainConfig:
     # (e.g. "no share" for an impression never clicked). Only for the ablation of reports/; the
     # validation loss and all metrics stay inside each task's own sample space.
     sample_space_loss: bool = True
+    task_balancing: Balancing = "static"  # static (w_k0 * gamma_k^t) | uncertainty | pcgrad (training/balancing.py)
+    # Which epoch is kept, and when to stop: "loss" is the w_k0-weighted sum of the validation task
+    # losses, where a sparse task's small log loss barely counts; "normalized_loss" divides each
+    # task's loss by that of always predicting its base rate (normalised entropy; for a regression,
+    # the variance), so every task weighs the same whatever its positive rate.
+    selection: Literal["loss", "normalized_loss"] = "loss"
+    # How numbers enter the network (contract/features.py): "standard" (one standardised input),
+    # "bins" (an embedded quantile bin) or "piecewise" (piecewise-linear over quantile bins).
+    numeric_encoding: Literal["standard", "bins", "piecewise"] = "standard"
+    numeric_bins: Annotated[int, Field(ge=2, le=256)] = 16
 
 
 class RunSection(BaseModel):

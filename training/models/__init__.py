@@ -19,7 +19,7 @@ from torch import nn
 
 from contract.modelspec import TaskSpec
 from training.models import adatt, moe, ple, sharing, stitch
-from training.models.parts import Body, FeatureEmbedding, Towers
+from training.models.parts import Body, FeatureEmbedding, StackedMLP, Towers
 from training.models.ple import PLEConfig
 
 
@@ -85,6 +85,10 @@ class MultiTaskModel(nn.Module):
         self.body: Body = FAMILIES[family].build(d_in, len(tasks), config)
         self.embedding = FeatureEmbedding(cardinalities, config.embedding_dim, n_dense, copies=self.body.embedding_copies)
         self.towers = Towers(len(tasks), self.body.out_dim, config.tower_hidden)
+        for mlp in self.body.modules():  # gates are single layers without an activation: never dropped
+            if isinstance(mlp, StackedMLP):
+                mlp.dropout = config.dropout
+        self.towers.mlp.dropout = config.tower_dropout
         self.register_buffer(
             "squash", torch.tensor([squashes(t) for t in tasks], dtype=torch.bool), persistent=False
         )

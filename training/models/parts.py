@@ -13,11 +13,12 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from pydantic.dataclasses import dataclass
 from torch import nn
 
 # Hyper-parameters are checked when a config is made (from code, a TOML file or --set).
-from training.settings_types import STRICT, Count
+from training.settings_types import STRICT, Count, Rate
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -27,6 +28,10 @@ class BaseConfig:
     embedding_dim: Count = 8
     tower_hidden: tuple[Count, ...] = (32,)  # may be empty: a tower of one linear layer
     gate_outputs: bool = False  # export each gated level's weights as an extra ONNX output
+    # Dropout after every hidden activation of the body's MLPs (experts, bottoms, columns) and of
+    # the towers; training only (the exported graph, in eval mode, has none).
+    dropout: Rate = 0.0
+    tower_dropout: Rate = 0.0
 
 
 class FeatureEmbedding(nn.Module):
@@ -64,6 +69,7 @@ class StackedMLP(nn.Module):
         super().__init__()
         self.n = n
         self.final_activation = final_activation
+        self.dropout = 0.0  # after each activation, in training; set by the model (MultiTaskModel)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for d_out in sizes:
@@ -79,6 +85,8 @@ class StackedMLP(nn.Module):
             x = torch.matmul(x, w) + b  # (n, B, d_out)
             if i < last or self.final_activation:
                 x = torch.relu(x)
+                if self.dropout:
+                    x = F.dropout(x, self.dropout, self.training)
         return x
 
 
