@@ -140,8 +140,8 @@ def test_normalized_selection_weighs_each_task_by_its_base_rate_loss(small_log):
 def test_an_epoch_hook_sees_every_score_and_can_stop_the_run(small_log):
     seen = []
 
-    def hook(epoch, score):
-        seen.append((epoch, score))
+    def hook(epoch, row):
+        seen.append((epoch, row["val_score"]))
         if epoch == 1:
             raise KeyboardInterrupt  # a tuner's pruning raises its own exception the same way
 

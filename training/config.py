@@ -24,6 +24,7 @@ from contract.modelspec import NAME_PATTERN
 from training.balancing import Balancing
 from training.data.sets import DATA_SETS
 from training.models import FAMILIES, config_with
+from training.search_space import Choice, Float, Param, Space
 from training.settings_types import STRICT, Count, NonNegative, Positive
 
 
@@ -56,6 +57,17 @@ class TrainConfig:
     # "bins" (an embedded quantile bin) or "piecewise" (piecewise-linear over quantile bins).
     numeric_encoding: Literal["standard", "bins", "piecewise"] = "standard"
     numeric_bins: Annotated[int, Field(ge=2, le=256)] = 16
+
+
+# What ranker-tune searches for the recipe; per-task loss weights are added for the data set's tasks.
+TRAIN_SEARCH: Space = {
+    "lr": Float(3e-4, 1e-2, log=True),
+    "batch_size": Choice((256, 512, 1024)),
+    "weight_decay": Float(1e-6, 1e-1, log=True),
+    "numeric_encoding": Choice(("standard", "bins", "piecewise")),
+    "task_balancing": Choice(("static", "uncertainty")),
+}
+LOSS_WEIGHT_SEARCH: dict[str, Param] = {"loss_w0": Float(0.25, 4.0, log=True), "loss_gamma": Float(0.8, 1.0)}
 
 
 class RunSection(BaseModel):

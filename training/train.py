@@ -111,7 +111,7 @@ def selection_score(losses: torch.Tensor, w0: torch.Tensor, base: torch.Tensor, 
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # sparse (b, S), dense (b, D), labels, masks (b, K)
-EpochHook = Callable[[int, float], None]  # (epoch, validation selection score) after each epoch
+EpochHook = Callable[[int, dict], None]  # (epoch, its row of the history) after each epoch
 EpochBatches = Callable[[int, torch.Generator], Iterator[Batch]]  # (epoch, generator) -> this process's batches
 
 
@@ -256,7 +256,8 @@ def fit(
         val_loss = float((w0 * val_losses).sum())
         score = selection_score(val_losses, w0, base, config.selection)
         val_metrics = task_metrics(predict(model, enc["val"].sparse_ids, enc["val"].dense), val.labels, val.masks, dataset.tasks)
-        history.append({"epoch": epoch, "val_loss": val_loss, "val_score": score, **balancer.describe(),
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_score": score,
+                        "val_normalized_loss": float((val_losses / base).mean()), **balancer.describe(),
                         **{f"val_loss_{t.name}": float(val_losses[k]) for k, t in enumerate(dataset.tasks)},
                         **{f"w_{t.name}": float(weights[k]) for k, t in enumerate(dataset.tasks)},
                         **{f"loss_{t.name}": float(total[k] / steps) for k, t in enumerate(dataset.tasks)},
@@ -266,7 +267,7 @@ def fit(
         log(f"epoch {epoch + 1}/{config.epochs}  loss {float(((weights * total).sum() + penalty_total) / steps):.4f}  "
             f"val loss {val_loss:.4f}  val {summary}")  # fmt: skip
         if on_epoch is not None:
-            on_epoch(epoch, score)  # may stop the run (a tuner pruning a poor trial)
+            on_epoch(epoch, history[-1])  # may stop the run (a tuner pruning a poor trial)
         if score < best[0]:
             best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
         elif config.patience and epoch - best[1] >= config.patience:

@@ -21,27 +21,29 @@ from contract.modelspec import TaskSpec
 from training.models import adatt, moe, ple, sharing, stitch
 from training.models.parts import Body, FeatureEmbedding, StackedMLP, Towers
 from training.models.ple import PLEConfig
+from training.search_space import Space
 
 
 class Family(NamedTuple):
     config: Callable[[], Any]  # the default config
     build: Callable[[int, int, Any], Body]  # (d_in, n_tasks, config) -> body
+    search: Space  # what ranker-tune searches beside BASE_SEARCH (training/search_space.py)
 
 
 FAMILIES: dict[str, Family] = {
-    "ple": Family(PLEConfig, ple.build_ple),
-    "cgc": Family(lambda: PLEConfig(n_levels=1), ple.build_ple),
-    "ml-mmoe": Family(ple.MLMMoEConfig, ple.build_ml_mmoe),
-    "mmoe": Family(moe.MoEConfig, moe.build_mmoe),
-    "omoe": Family(moe.MoEConfig, moe.build_omoe),
-    "shared-bottom": Family(sharing.BottomConfig, sharing.build_shared_bottom),
-    "single-task": Family(sharing.BottomConfig, sharing.build_single_task),
-    "customized": Family(sharing.CustomizedConfig, sharing.build_customized),
-    "asymmetric": Family(sharing.BottomConfig, sharing.build_asymmetric),
-    "cross-stitch": Family(stitch.CrossStitchConfig, stitch.build_cross_stitch),
-    "sluice": Family(stitch.SluiceConfig, stitch.build_sluice),
-    "adatt": Family(adatt.AdaTTConfig, adatt.build_adatt),
-    "adatt-sp": Family(lambda: adatt.AdaTTConfig(n_shared_experts=2), adatt.build_adatt),
+    "ple": Family(PLEConfig, ple.build_ple, ple.PLE_SEARCH),
+    "cgc": Family(lambda: PLEConfig(n_levels=1), ple.build_ple, ple.CGC_SEARCH),
+    "ml-mmoe": Family(ple.MLMMoEConfig, ple.build_ml_mmoe, ple.ML_MMOE_SEARCH),
+    "mmoe": Family(moe.MoEConfig, moe.build_mmoe, moe.SEARCH),
+    "omoe": Family(moe.MoEConfig, moe.build_omoe, moe.SEARCH),
+    "shared-bottom": Family(sharing.BottomConfig, sharing.build_shared_bottom, sharing.BOTTOM_SEARCH),
+    "single-task": Family(sharing.BottomConfig, sharing.build_single_task, sharing.BOTTOM_SEARCH),
+    "customized": Family(sharing.CustomizedConfig, sharing.build_customized, sharing.CUSTOMIZED_SEARCH),
+    "asymmetric": Family(sharing.BottomConfig, sharing.build_asymmetric, sharing.BOTTOM_SEARCH),
+    "cross-stitch": Family(stitch.CrossStitchConfig, stitch.build_cross_stitch, stitch.CROSS_STITCH_SEARCH),
+    "sluice": Family(stitch.SluiceConfig, stitch.build_sluice, stitch.SLUICE_SEARCH),
+    "adatt": Family(adatt.AdaTTConfig, adatt.build_adatt, adatt.SEARCH),
+    "adatt-sp": Family(lambda: adatt.AdaTTConfig(n_shared_experts=2), adatt.build_adatt, adatt.SP_SEARCH),
 }
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic.dataclasses import dataclass
 
-from training.models.parts import BaseConfig, ExtractionLevel, GatedBody
+from training.models.parts import EXPERT_SIZES, BaseConfig, ExtractionLevel, GatedBody
+from training.search_space import Int, Space
 from training.settings_types import STRICT, Count, Sizes
 
 
@@ -16,6 +17,9 @@ from training.settings_types import STRICT, Count, Sizes
 class MoEConfig(BaseConfig):
     n_experts: Count = 4
     expert_hidden: Sizes = (128, 64)
+
+
+SEARCH: Space = {"n_experts": Int(2, 8), "expert_hidden": EXPERT_SIZES}
 
 
 def build_mmoe(d_in: int, n_tasks: int, config: MoEConfig) -> GatedBody:

@@ -18,6 +18,7 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 # Hyper-parameters are checked when a config is made (from code, a TOML file or --set).
+from training.search_space import Choice, Float, Space
 from training.settings_types import STRICT, Count, Rate
 
 
@@ -32,6 +33,16 @@ class BaseConfig:
     # the towers; training only (the exported graph, in eval mode, has none).
     dropout: Rate = 0.0
     tower_dropout: Rate = 0.0
+
+
+# What ranker-tune searches for every family (each family adds its own sizes and counts).
+BASE_SEARCH: Space = {
+    "embedding_dim": Choice((4, 8, 16)),
+    "tower_hidden": Choice(((), (16,), (32,), (64,))),
+    "dropout": Float(0.0, 0.4),
+    "tower_dropout": Float(0.0, 0.4),
+}
+EXPERT_SIZES = Choice(((32,), (64,), (128,), (64, 32), (128, 64), (256, 128)))  # experts, bottoms, columns
 
 
 class FeatureEmbedding(nn.Module):

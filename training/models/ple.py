@@ -16,7 +16,8 @@ from typing import Annotated, Sequence
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from training.models.parts import BaseConfig, ExtractionLevel, GatedBody
+from training.models.parts import EXPERT_SIZES, BaseConfig, ExtractionLevel, GatedBody
+from training.search_space import Int, Space
 from training.settings_types import STRICT, Count, Sizes
 
 
@@ -33,6 +34,11 @@ class MLMMoEConfig(BaseConfig):
     n_levels: Count = 2
     n_experts: Count = 4
     expert_hidden: Sizes = (128, 64)
+
+
+CGC_SEARCH: Space = {"n_task_experts": Int(1, 4), "n_shared_experts": Int(1, 4), "expert_hidden": EXPERT_SIZES}
+PLE_SEARCH: Space = {"n_levels": Int(1, 3), **CGC_SEARCH}
+ML_MMOE_SEARCH: Space = {"n_levels": Int(1, 3), "n_experts": Int(2, 8), "expert_hidden": EXPERT_SIZES}
 
 
 def gated_level(d_in: int, n_tasks: int, n_task: int, n_shared: int, hidden: Sequence[int], last: bool,

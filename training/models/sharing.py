@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from pydantic.dataclasses import dataclass
 
-from training.models.parts import BaseConfig, Body, StackedMLP, mix_members
+from training.models.parts import EXPERT_SIZES, BaseConfig, Body, StackedMLP, mix_members
+from training.search_space import Choice, Space
 from training.settings_types import STRICT, Sizes
 
 
@@ -29,6 +30,10 @@ class BottomConfig(BaseConfig):
 class CustomizedConfig(BaseConfig):
     shared_hidden: Sizes = (128, 64)
     task_hidden: Sizes = (64, 32)
+
+
+BOTTOM_SEARCH: Space = {"bottom_hidden": Choice(((64,), (128,), (128, 64), (256, 128), (512, 256)))}
+CUSTOMIZED_SEARCH: Space = {"shared_hidden": EXPERT_SIZES, "task_hidden": EXPERT_SIZES}
 
 
 class Bottoms(Body):

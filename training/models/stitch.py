@@ -20,7 +20,8 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 from torch import nn
 
-from training.models.parts import BaseConfig, Body, StackedMLP, mix_members
+from training.models.parts import EXPERT_SIZES, BaseConfig, Body, StackedMLP, mix_members
+from training.search_space import Choice, Float, Int, Space
 from training.settings_types import STRICT, Count, Sizes
 
 
@@ -37,6 +38,11 @@ class SluiceConfig(BaseConfig):
     # Weight of the subspace orthogonality penalty in the training loss (0: off). The authors'
     # code leaves it off by default; 0.01 keeps it small beside the task losses (all O(1)).
     orthogonality_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.01
+
+
+CROSS_STITCH_SEARCH: Space = {"hidden": EXPERT_SIZES}
+SLUICE_SEARCH: Space = {"n_layers": Int(1, 3), "width": Choice((32, 64, 128)), "n_subspaces": Choice((1, 2, 4)),
+                        "orthogonality_weight": Float(1e-4, 0.1, log=True)}  # fmt: skip
 
 
 def stitch_init(n: int, self_weight: float = 0.9) -> torch.Tensor:
