@@ -90,3 +90,19 @@ def test_only_the_full_data_default_points_beside_the_repository():
             continue
         found += [f"{relative}: {line.strip()}" for line in text.splitlines() if re.search(r"\.\./shared(?!/data)", line)]
     assert not found, found
+
+
+def test_the_readme_layout_names_every_folder_and_module():
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files cannot be listed")
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    files = [f for f in listed.stdout.decode().split("\0") if f]
+    folders = {f.split("/", 1)[0] for f in files if "/" in f and not f.startswith(".")}
+    assert all(f"{folder}/" in layout for folder in folders), sorted(f for f in folders if f"{folder}/" not in layout)
+    modules = {Path(f).stem for f in files if f.endswith(".py") and f.count("/") <= 2
+               and f.split("/")[0] in ("contract", "service", "training") and "/routes/" not in f
+               and not f.endswith(("__init__.py", "__main__.py"))}  # fmt: skip
+    assert all(re.search(rf"\b{m}\b", layout) for m in modules), sorted(m for m in modules if not re.search(rf"\b{m}\b", layout))
+    assert layout.count("bench/") == 1  # listed once
