@@ -29,6 +29,8 @@ def quick_report(tmp_path_factory):
 
 def test_all_six_experiments_land_in_one_report_with_their_figures(quick_report):
     report = (quick_report / "experiments.md").read_text()
+    # --quick reads the committed samples: it runs on a clone without the full data files
+    assert "census_income_kdd in datasets/samples/" in report and "tsv in datasets/samples/" in report
     for n, name in enumerate(EXPERIMENTS, start=1):
         assert f"## {n}. " in report
         assert f"python -m training.experiments {name} --quick" in report
