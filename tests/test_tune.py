@@ -149,6 +149,19 @@ def test_the_baselines_tune_per_task_and_evaluate_on_the_same_split(tmp_path):
     assert 0.0 <= min(linear["test"]["vcr"]["mse"], 1.0)  # the regression is clipped to its range
 
 
+def test_what_the_base_configuration_sets_is_not_searched():
+    from training.tune import trial_tables
+
+    base = run_config.load_tables(None, ["train.numeric_encoding=\"bins\"", "train.loss_w0.ctr=2.0", "model.dropout=0.0"],
+                                  {"run": {"data": "videolog", "model": "ple"}})  # fmt: skip
+    trial = optuna.create_study().ask()
+    tables = trial_tables(trial, base, "ple", [t.name for t in videolog.TASKS])
+    assert tables["train"]["numeric_encoding"] == "bins" and tables["model"]["dropout"] == 0.0
+    assert tables["train"]["loss_w0"]["ctr"] == 2.0 and "train.loss_w0.vtr" in trial.params
+    assert not {"train.numeric_encoding", "train.loss_w0.ctr", "model.dropout"} & set(trial.params)
+    assert {"train.lr", "model.n_levels", "model.expert_hidden"} <= set(trial.params)
+
+
 def test_every_family_declares_a_search_space_over_its_own_fields():
     from training.models import FAMILIES, default_config
     from training.models.parts import BASE_SEARCH
