@@ -42,14 +42,14 @@ class Setup:
 SETUPS = {
     "census": Setup(
         "census", ("income", "never_married"), ("single-task", "mmoe", "ple"),
-        {"train": {"epochs": 20, "patience": 3, "selection": "normalized_loss", "numeric_encoding": "piecewise",
+        {"train": {"epochs": 15, "patience": 2, "selection": "normalized_loss", "numeric_encoding": "piecewise",
                    "loss_gamma": {"income": 1.0, "never_married": 1.0}}},
-        trials=20),
+        trials=12),
     "kuairand": Setup(
         "kuairand", ("click", "long_view", "completion", "share", "comment"), ("single-task", "mmoe", "cgc", "ple"),
-        {"train": {"epochs": 20, "patience": 3, "selection": "normalized_loss", "numeric_encoding": "piecewise",
+        {"train": {"epochs": 15, "patience": 2, "selection": "normalized_loss", "numeric_encoding": "piecewise",
                    "loss_gamma": {t: 1.0 for t in ("click", "long_view", "completion", "share", "comment")}}},
-        trials=20, regressions=("completion",)),
+        trials=12, regressions=("completion",)),
 }  # fmt: skip
 QUICK_BASE = {"train": {"epochs": 2, "selection": "normalized_loss"}, "model": {"embedding_dim": 4}}
 
