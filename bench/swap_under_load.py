@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -165,6 +166,8 @@ def main() -> None:
         rows = [r for r in load.records if r[0] == phase]
         summary[phase] = {**percentiles_ms([r[1] for r in rows]),
                           "failed": sum(1 for r in rows if r[2] != 200),
+                          # status of each failure (0: no HTTP answer), so a failure can be told apart
+                          "failed_statuses": dict(Counter(str(r[2]) for r in rows if r[2] != 200)),
                           "versions_seen": len({r[3] for r in rows})}  # fmt: skip
     result = {"machine": machine(), "swaps": args.swaps, "concurrency": args.concurrency, "model": str(source),
               "capacity_rps": capacity, "target_rps": rate, "swap_every_s": args.swap_every,
