@@ -288,7 +288,34 @@ class Registry:
             self.metrics.model_loads.labels(name, "ok").inc()
             self.metrics.model_load_seconds.labels(name).observe(handle.load_seconds)
             log.info("model %s/%s ready on %s in %.3fs", name, version, handle.engine.describe(), handle.load_seconds)
+            change = self.interface_change(name, handle)
+            if change is not None:
+                self.metrics.incompatible_versions.labels(name).inc()
+                log.warning("model %s/%s has another interface than the serving version (%s); it takes no traffic "
+                            "unless an admin activates it with allow_interface_change", name, version, change)  # fmt: skip
             return entry
+
+    def interface_change(self, name: str, handle: ModelVersion) -> str | None:
+        """How `handle`'s interface differs from the serving version's (None: the same, or nothing serves).
+        A model name keeps one interface: requests written for it must keep working whatever version answers."""
+        routing = self._routing.get(name)
+        if routing is None:
+            return None
+        serving = next((mv for mv in routing.versions if mv.version == routing.state.active), routing.versions[0])
+        return serving.spec.interface().difference(handle.spec.interface())
+
+    def _check_interface(self, name: str, versions, allow_change: bool) -> None:
+        """409 when routing to `versions` would change the model's interface and the admin did not say so."""
+        if allow_change:
+            return
+        for version in versions:
+            handle = self._entries[name][version].handle
+            assert handle is not None
+            change = self.interface_change(name, handle)
+            if change is not None:
+                raise ApiError(409, "interface_change", f"{name}/{version} has another interface than the serving "
+                               f"version ({change}); requests written for {name} may fail on it. Send "
+                               '"allow_interface_change": true to route to it anyway', "allow_interface_change")  # fmt: skip
 
     # ---- routing ----
 
@@ -381,21 +408,23 @@ class Registry:
         self._seen[name].add(version)
         return self.load(name, version)
 
-    def activate(self, name: str, version: int) -> RoutingState:
+    def activate(self, name: str, version: int, allow_interface_change: bool = False) -> RoutingState:
         with self._locks[name]:
             self._ready_entry(name, version)
+            self._check_interface(name, [version], allow_interface_change)
             state = RoutingState(version)
             self._write_control(name, state)
             self._to_route.pop(name, None)  # an admin's choice wins over the watcher's pending one
             self._set_routing(name, state)
             return state
 
-    def split(self, name: str, weights: dict[int, float]) -> RoutingState:
+    def split(self, name: str, weights: dict[int, float], allow_interface_change: bool = False) -> RoutingState:
         with self._locks[name]:
             for version in weights:
                 self._ready_entry(name, version)
             if max(weights.values()) <= 0:
                 raise ApiError(422, "invalid_split", "split weights must have a positive sum", "weights")
+            self._check_interface(name, weights, allow_interface_change)
             shares = {v: w for v, w in normalised(weights).items() if w > 0}
             active = max(shares, key=lambda v: (shares[v], v))
             state = RoutingState(active, shares if len(shares) > 1 else None)
@@ -491,6 +520,10 @@ class Registry:
                 if entry.handle is not None:
                     spec = entry.handle.spec
                     engine = entry.handle.engine.describe()
+                    change = self.interface_change(model, entry.handle)
+                    row["compatible"] = change is None  # the serving version's interface
+                    if change is not None:
+                        row["interface_change"] = change
                     row.update(family=spec.family, provider=engine["provider"], io_binding=engine["io_binding"],
                                cuda_graph=engine["cuda_graph"], cpu_threads=engine["cpu_threads"],
                                tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
@@ -543,11 +576,13 @@ class Registry:
                 if entry is not None and not (entry.state == "failed" and entry.signature != folder_signature(self.root / name / str(version))):
                     continue
                 self._seen[name].add(version)
-                if self.load(name, version).state != "ready":
+                entry = self.load(name, version)
+                if entry.state != "ready":
                     continue
                 routing = self._routing.get(name)
                 newest = max(routing.state.weights()) if routing else 0
-                if self.settings.watch == "auto" and version > max(newest, self._to_route.get(name, 0)):
+                if (self.settings.watch == "auto" and version > max(newest, self._to_route.get(name, 0))
+                        and self.interface_change(name, entry.handle) is None):  # fmt: skip
                     self._to_route[name] = version
         for name in list(self._to_route):
             self._route_new_version(name)
@@ -559,6 +594,10 @@ class Registry:
         with self._locks[name]:
             version = self._to_route.get(name)
             if version is None:
+                return
+            entry = self._entries[name].get(version)
+            if entry is None or entry.handle is None or self.interface_change(name, entry.handle) is not None:
+                del self._to_route[name]  # unloaded, or an admin changed the interface meanwhile
                 return
             state = RoutingState(version)
             try:

@@ -141,10 +141,15 @@ def error_responses(*codes: int) -> dict:
 # ---- admin ----
 
 
+INTERFACE_OVERRIDE = ("route to a version whose interface (tasks, outputs, feature names, kinds and sources) "
+                      "differs from the serving version's; without it such a change is a 409")
+
+
 class ActivateRequest(_Wire):
     model_config = ConfigDict(**WIRE, json_schema_extra={"examples": [{"version": 4}]})
 
     version: Annotated[int, Field(ge=1)]
+    allow_interface_change: bool = Field(False, description=INTERFACE_OVERRIDE)
 
 
 def _version_key(key: Any) -> Any:
@@ -163,6 +168,7 @@ class SplitRequest(_Wire):
     weights: dict[VersionKey, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         min_length=1, description='traffic weight per version, e.g. {"3": 0.9, "4": 0.1}; normalised to sum 1'
     )
+    allow_interface_change: bool = Field(False, description=INTERFACE_OVERRIDE)
 
 
 class RoutingResponse(BaseModel):

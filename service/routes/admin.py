@@ -61,7 +61,7 @@ def load(name: Name, version: Version, registry: RegistryDep) -> dict:
 @router.post("/{name}/activate")
 def activate(name: Name, body: ActivateRequest, registry: RegistryDep) -> RoutingResponse:
     """Send every user to one ready version (on every replica)."""
-    return routing(name, registry.activate(name, body.version))
+    return routing(name, registry.activate(name, body.version, body.allow_interface_change))
 
 
 @router.post("/{name}/rollback")
@@ -73,7 +73,7 @@ def rollback(name: Name, registry: RegistryDep) -> RoutingResponse:
 @router.put("/{name}/split")
 def split(name: Name, body: SplitRequest, registry: RegistryDep) -> RoutingResponse:
     """Share traffic between ready versions; a user's bucket keeps them in one arm."""
-    return routing(name, registry.split(name, body.weights))
+    return routing(name, registry.split(name, body.weights, body.allow_interface_change))
 
 
 @router.delete("/{name}/versions/{version}")

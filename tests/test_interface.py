@@ -1,0 +1,95 @@
+"""A model name keeps one interface (contract.modelspec.Interface: tasks, outputs, the features a
+request relies on). A version with another one never takes traffic by itself (issue 16: a census
+model written under `ple` took over the video ranker); an admin may route to it with an explicit
+override."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from contract.modelspec import ModelSpec
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import copy_version, other_interface_version
+
+TOKEN = "interface-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REQUEST = {"user": {"id": "u5"}, "candidates": [{"id": f"v{i}", "video_len": 10.0 + i} for i in range(5)],
+           "weights": {"vtr": 1.0}}  # fmt: skip
+
+
+def settings(models, **extra) -> Settings:
+    return Settings(**{"models_dir": models, "features_dir": None, "admin_token": TOKEN, "watch": "off", **extra})
+
+
+def rows(client) -> dict[int, dict]:
+    return {m["version"]: m for m in client.get("/v1/models").json()["models"]}
+
+
+def metric(client, name: str) -> float:
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(name + "{")]
+    return sum(float(line.split()[-1]) for line in lines)
+
+
+def test_the_interface_ignores_what_retraining_changes_and_names_what_differs(repo):
+    spec = ModelSpec.model_validate_json((repo / "ple" / "1" / "model.json").read_text())
+    refit = spec.model_copy(update={
+        "features": [f.model_copy(update={"mean": f.mean + 1.0, "std": f.std * 2}) for f in spec.features],
+        "hyperparameters": {"expert_hidden": [7]}, "version": 9})  # fmt: skip
+    assert spec.interface() == refit.interface()
+    assert ModelSpec.model_validate_json((repo / "ple" / "2" / "model.json").read_text()).interface() == spec.interface()
+
+    other = ModelSpec.model_validate_json((other_interface_version(repo, 1, 3) / "model.json").read_text())
+    change = spec.interface().difference(other.interface())
+    assert change is not None and "without vtr" in change and "with income" in change, change
+    moved = spec.model_copy(update={"features": [f.model_copy(update={"source": "context"}) if i == 0 else f
+                                                 for i, f in enumerate(spec.features)]})  # fmt: skip
+    assert "features" in spec.interface().difference(moved.interface())
+
+
+def test_the_watcher_never_routes_to_another_interface_and_keeps_the_split(repo):
+    with TestClient(create_app(settings(repo, watch="auto"))) as c:
+        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
+        r = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 0.1, "2": 0.9}}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        before = {v: m["traffic_share"] for v, m in rows(c).items()}
+        other_interface_version(repo, 2, 3)
+        c.app.state.registry.poll()
+        after = rows(c)
+        assert after[3]["state"] == "ready" and after[3]["traffic_share"] == 0.0
+        assert after[3]["compatible"] is False and "income" in after[3]["interface_change"]
+        assert after[2]["compatible"] is True and "interface_change" not in after[2]
+        assert {v: m["traffic_share"] for v, m in after.items() if v != 3} == before  # the split is kept
+        assert metric(c, "ranker_incompatible_versions_total") == 1
+        assert c.post("/v1/rank", json=REQUEST).status_code == 200  # the video ranker's request still works
+
+
+def test_an_admin_changes_the_interface_only_with_the_override(repo):
+    with TestClient(create_app(settings(repo))) as c:
+        other_interface_version(repo, 2, 3)
+        assert c.post("/v1/admin/models/ple/versions/3/load", headers=AUTH).status_code == 200
+        for path, method, body in (("activate", "post", {"version": 3}), ("split", "put", {"weights": {"2": 0.9, "3": 0.1}})):
+            r = getattr(c, method)(f"/v1/admin/models/ple/{path}", json=body, headers=AUTH)
+            assert r.status_code == 409, r.text
+            error = r.json()["error"]
+            assert error["code"] == "interface_change" and error["field"] == "allow_interface_change"
+            assert "allow_interface_change" in error["message"] and "income" in error["message"]
+        assert {v for v, m in rows(c).items() if m["traffic_share"] > 0} == {2}
+
+        r = c.post("/v1/admin/models/ple/activate", json={"version": 3, "allow_interface_change": True}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["active"] == 3
+        assert rows(c)[2]["compatible"] is False  # the model's interface is now version 3's
+        r = c.post("/v1/rank", json=REQUEST)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "weights.vtr"
+        # Back to the video ranker is an interface change too, and needs the override as well.
+        assert c.post("/v1/admin/models/ple/activate", json={"version": 2}, headers=AUTH).status_code == 409
+
+
+def test_a_version_with_the_same_interface_needs_no_override(repo):
+    with TestClient(create_app(settings(repo, watch="auto"))) as c:
+        copy_version(repo, 1, 3)
+        c.app.state.registry.poll()
+        assert rows(c)[3]["compatible"] is True and rows(c)[3]["active"] is True
+        assert metric(c, "ranker_incompatible_versions_total") == 0
