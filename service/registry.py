@@ -149,6 +149,19 @@ class Routing:
         return self.versions[bisect.bisect_right(self.bounds, bucket)]
 
 
+def startup_order(interfaces: dict) -> list[int]:
+    """The order start-up tries versions in when no shared state names one: the newest version with
+    the interface of the oldest one, then (if none of those loads) the newest with the next oldest
+    interface, and so on. A model name's interface is fixed by its first version until an admin
+    changes it (allow_interface_change, remembered by the control plane): a newer folder with
+    another interface (another data set's model written under this name) never wins a restart."""
+    order: list[int] = []
+    for oldest in sorted(interfaces):
+        if oldest not in order:
+            order += sorted((v for v, i in interfaces.items() if i == interfaces[oldest]), reverse=True)
+    return order
+
+
 def release_memory() -> None:
     """Hand freed memory back to the OS after a session is dropped.
 
@@ -208,19 +221,38 @@ class Registry:
         try:
             shared = self.control.read(name)
         except ControlUnavailable as exc:
-            log.warning("control plane unavailable at start (%s); serving the newest version of %s", exc, name)
+            log.warning("control plane unavailable at start (%s); %s serves by the start-up rule", exc, name)
         except ControlCorrupt as exc:
             self._note_corrupt(name, exc)
             corrupt = True
         if shared is not None and self._apply(name, shared):
             return
-        for version in sorted(versions, reverse=True):
+        interfaces = self._interfaces_on_disk(name, versions)
+        for version in startup_order(interfaces):
             if self.load(name, version).state == "ready":
                 state = RoutingState(version)
                 self._set_routing(name, state)
                 if shared is None and not corrupt:  # first replica to serve this model: record it for the others
                     self._write_control(name, state, required=False)
+                others = sorted(v for v, i in interfaces.items() if i != interfaces[version])
+                if others:
+                    self.metrics.incompatible_versions.labels(name).inc(len(others))
+                    log.warning("model %s: versions %s have another interface than %s/%s (%s); not served. An admin "
+                                "routes to one with allow_interface_change", name, others, name, version,
+                                interfaces[version].difference(interfaces[others[-1]]))  # fmt: skip
                 return
+
+    def _interfaces_on_disk(self, name: str, versions: list[int]) -> dict:
+        """Each version's interface, read from its model.json (versions whose model.json does not
+        check out are left out: they could not load anyway)."""
+        interfaces = {}
+        for version in versions:
+            try:
+                spec = ModelSpec.model_validate_json((self.root / name / str(version) / "model.json").read_bytes())
+            except (OSError, ValueError):
+                continue
+            interfaces[version] = spec.interface()
+        return interfaces
 
     def _note_corrupt(self, name: str, exc: ControlCorrupt) -> None:
         """Garbage in a model's control keys: keep routing as is; say so once per distinct value."""

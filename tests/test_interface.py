@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from contract.modelspec import ModelSpec
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import copy_version, other_interface_version
+from tests.conftest import REDIS_URL, copy_version, other_interface_version
 
 TOKEN = "interface-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -93,3 +93,33 @@ def test_a_version_with_the_same_interface_needs_no_override(repo):
         c.app.state.registry.poll()
         assert rows(c)[3]["compatible"] is True and rows(c)[3]["active"] is True
         assert metric(c, "ranker_incompatible_versions_total") == 0
+
+
+def test_a_restart_serves_the_models_own_interface_not_the_newest_folder(repo):
+    other_interface_version(repo, 2, 3)
+    with TestClient(create_app(settings(repo))) as c:  # no shared state: the start-up rule decides
+        assert {v: m["traffic_share"] for v, m in rows(c).items()} == {2: 1.0}  # 3 is newest, but not ple's
+        assert c.post("/v1/rank", json=REQUEST).json()["version"] == 2
+        assert metric(c, "ranker_incompatible_versions_total") == 1
+
+
+def test_the_oldest_interface_that_loads_decides(repo):
+    (repo / "ple" / "1" / "model.onnx").write_bytes(b"broken")  # 1 and 2 share an interface; 2 still loads
+    other_interface_version(repo, 2, 3)
+    with TestClient(create_app(settings(repo))) as c:
+        assert rows(c)[2]["active"] is True
+    (repo / "ple" / "2" / "model.onnx").write_bytes(b"broken")  # none of ple's own interface loads
+    with TestClient(create_app(settings(repo))) as c:
+        assert rows(c)[3]["active"] is True  # then the next one: something serves rather than nothing
+
+
+def test_with_redis_an_admins_interface_change_survives_a_restart(repo, redis_prefix):
+    other_interface_version(repo, 2, 3)
+    redis_settings = {"redis_url": REDIS_URL, "redis_prefix": redis_prefix}
+    with TestClient(create_app(settings(repo, **redis_settings))) as c:
+        assert rows(c)[2]["active"] is True  # the first replica records ple's own interface, not the newest
+        assert c.post("/v1/admin/models/ple/versions/3/load", headers=AUTH).status_code == 200
+        r = c.post("/v1/admin/models/ple/activate", json={"version": 3, "allow_interface_change": True}, headers=AUTH)
+        assert r.status_code == 200
+    with TestClient(create_app(settings(repo, **redis_settings))) as c:
+        assert rows(c)[3]["active"] is True
