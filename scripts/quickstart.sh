@@ -11,7 +11,9 @@ if ! ls models/ple/*/model.json >/dev/null 2>&1; then
   ranker-train --data videolog --model ple --out models
 fi
 echo "== starting ranker-serve on http://127.0.0.1:8000 (docs at /docs)"
-ranker-serve --models models --features data/features --host 127.0.0.1 --port 8000 &
+# auto: a model you train into models/ple while this runs serves at once if it has ple's interface
+# (the service's default, explicit, waits for an admin call; see "Rolling out a new model version").
+RANKER_WATCH=${RANKER_WATCH:-auto} ranker-serve --models models --features data/features --host 127.0.0.1 --port 8000 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT INT TERM
 for _ in $(seq 1 120); do

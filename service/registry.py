@@ -598,7 +598,9 @@ class Registry:
                 log.exception("model watcher poll failed")
 
     def poll(self) -> None:
-        """Load version folders that appeared (or failed and changed since); in `auto`, route to a newer one."""
+        """Load version folders that appeared (or failed and changed since); in `auto`, route to a newer
+        one with the same interface. A model that serves nothing yet (a new folder) serves by the
+        start-up rule in either mode: there is no rollout to protect."""
         self._note_vanished()
         for name in self.model_names():
             for version in self.versions_on_disk(name):
@@ -609,15 +611,33 @@ class Registry:
                     continue
                 self._seen[name].add(version)
                 entry = self.load(name, version)
-                if entry.state != "ready":
-                    continue
                 routing = self._routing.get(name)
-                newest = max(routing.state.weights()) if routing else 0
-                if (self.settings.watch == "auto" and version > max(newest, self._to_route.get(name, 0))
+                if entry.state != "ready" or routing is None:
+                    continue
+                if (self.settings.watch == "auto" and version > max(max(routing.state.weights()), self._to_route.get(name, 0))
                         and self.interface_change(name, entry.handle) is None):  # fmt: skip
                     self._to_route[name] = version
+            if name not in self._routing:
+                self._serve_first(name)
         for name in list(self._to_route):
             self._route_new_version(name)
+
+    def _serve_first(self, name: str) -> None:
+        """A model that serves nothing yet: the control plane's state if another replica or an admin
+        wrote one, else the start-up rule among the versions loaded."""
+        try:
+            shared = self.control.read(name)
+        except ControlUnavailable:
+            return  # the next poll asks again
+        except ControlCorrupt as exc:
+            self._note_corrupt(name, exc)
+            return
+        if shared is not None:
+            self._apply(name, shared)
+            return
+        ready = {v: e.handle.spec.interface() for v, e in self._entries.get(name, {}).items() if e.handle}
+        if ready:
+            self._to_route[name] = startup_order(ready)[0]
 
     def _route_new_version(self, name: str) -> None:
         """auto: route to the newest version the watcher loaded, through the control plane, so that

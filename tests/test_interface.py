@@ -5,7 +5,7 @@ override."""
 
 from __future__ import annotations
 
-import json
+import shutil
 
 from fastapi.testclient import TestClient
 
@@ -123,3 +123,23 @@ def test_with_redis_an_admins_interface_change_survives_a_restart(repo, redis_pr
         assert r.status_code == 200
     with TestClient(create_app(settings(repo, **redis_settings))) as c:
         assert rows(c)[3]["active"] is True
+
+
+def test_by_default_a_new_version_waits_for_an_admin(repo):
+    with TestClient(create_app(Settings(models_dir=repo, features_dir=None, admin_token=TOKEN))) as c:
+        copy_version(repo, 1, 3)  # same interface, newest: still not routed by itself
+        c.app.state.registry.poll()
+        assert rows(c)[3]["state"] == "ready" and rows(c)[3]["traffic_share"] == 0.0
+        assert c.post("/v1/rank", json=REQUEST).json()["version"] == 2
+
+
+def test_a_model_that_appears_after_start_serves_by_the_start_up_rule(repo, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with TestClient(create_app(Settings(models_dir=empty, features_dir=None))) as c:
+        assert c.get("/health/ready").status_code == 503
+        shutil.copytree(repo / "ple", empty / "ple")
+        other_interface_version(empty, 2, 3)
+        c.app.state.registry.poll()
+        assert c.get("/health/ready").status_code == 200
+        assert c.post("/v1/rank", json=REQUEST).json()["version"] == 2
