@@ -614,8 +614,12 @@ class Registry:
                 routing = self._routing.get(name)
                 if entry.state != "ready" or routing is None:
                     continue
-                if (self.settings.watch == "auto" and version > max(max(routing.state.weights()), self._to_route.get(name, 0))
-                        and self.interface_change(name, entry.handle) is None):  # fmt: skip
+                if self.settings.watch != "auto" or version <= max(max(routing.state.weights()), self._to_route.get(name, 0)):
+                    continue
+                if routing.state.split:  # an admin's A/B test runs: auto does not end it
+                    log.info("model %s/%s loaded; the A/B split %s stays until an admin changes it", name, version,
+                             routing.state.weights())  # fmt: skip
+                elif self.interface_change(name, entry.handle) is None:
                     self._to_route[name] = version
             if name not in self._routing:
                 self._serve_first(name)

@@ -143,3 +143,12 @@ def test_a_model_that_appears_after_start_serves_by_the_start_up_rule(repo, tmp_
         c.app.state.registry.poll()
         assert c.get("/health/ready").status_code == 200
         assert c.post("/v1/rank", json=REQUEST).json()["version"] == 2
+
+
+def test_auto_does_not_end_an_admins_split(repo):
+    with TestClient(create_app(settings(repo, watch="auto"))) as c:
+        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
+        assert c.put("/v1/admin/models/ple/split", json={"weights": {"1": 0.25, "2": 0.75}}, headers=AUTH).status_code == 200
+        copy_version(repo, 2, 3)  # the same interface, newer
+        c.app.state.registry.poll()
+        assert {v: m["traffic_share"] for v, m in rows(c).items()} == {1: 0.25, 2: 0.75, 3: 0.0}
