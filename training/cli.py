@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from contract.modelspec import NAME_PATTERN, TaskSpec
+from contract.modelspec import NAME_PATTERN, TaskSpec, tasks_interface
 from training import config as run_config
 from training.data import Dataset, census, data_root, kuairand, synthetic, videolog
 from training.distributed import DEVICES, resolve_device
 from training.evaluate import format_metrics, mtl_gain
-from training.export import write_version
+from training.export import InterfaceChanged, check_interface, write_version
 from training.models import FAMILIES, config_with
 
 DATA_SETS = ["videolog", "census", "kuairand", "synthetic", "parquet"]
@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate-outputs", action="store_true", default=None, help="export gate weights as extra outputs")
     p.add_argument("--out", type=Path, default=None, help="model repository (default ./models)")
     p.add_argument("--name", default=None, help="model name in the repository (default: the family)")
+    p.add_argument("--allow-interface-change", action="store_true",
+                   help="add the version even if the model's latest version has other tasks, outputs or features "
+                        "(refused by default: the service would not route to it by itself)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None,
                    help="shared data sets (default $RANKER_DATA_DIR, else <repo>/../shared/data)")  # fmt: skip
     p.add_argument("--impressions", type=int, default=None, help="videolog: number of simulated impressions")
@@ -174,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device(train_config.device)  # --device cuda without a GPU: say so before loading any data
         run_config.check_sections(cfg, DATA_SETS)
         check_data_options(run["data"], cfg["data"].get(run["data"], {}))
-        check_loss_weights(train_config, data_tasks(run["data"], cfg["data"].get(run["data"], {})))
+        tasks = data_tasks(run["data"], cfg["data"].get(run["data"], {}))
+        check_loss_weights(train_config, tasks)
         check_outputs(run, args)
+        if not args.allow_interface_change:  # another data set's model under this name: say so before training
+            check_interface(Path(run["out"]) / (run["name"] or run["model"]), tasks_interface(tasks))
     except (ValueError, TypeError, OSError) as exc:
         print(f"ranker-train: {exc}", file=sys.stderr)
         return 2
@@ -209,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_metrics(result.metrics["validation"]), file=sys.stderr)
     print("test metrics:", file=sys.stderr)
     print(format_metrics(result.metrics["test"]), file=sys.stderr)
-    folder = write_version(result, Path(run["out"]), run["name"] or run["model"])
+    try:  # the whole interface (features, outputs) is known now
+        folder = write_version(result, Path(run["out"]), run["name"] or run["model"], args.allow_interface_change)
+    except InterfaceChanged as exc:
+        print(f"ranker-train: {exc}", file=sys.stderr)
+        return 2
     print(folder)
     return 0
 
