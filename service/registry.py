@@ -452,10 +452,19 @@ class Registry:
 
     def split(self, name: str, weights: dict[int, float], allow_interface_change: bool = False) -> RoutingState:
         with self._locks[name]:
-            for version in weights:
-                self._ready_entry(name, version)
             if max(weights.values()) <= 0:
                 raise ApiError(422, "invalid_split", "split weights must have a positive sum", "weights")
+            for version in sorted(weights):
+                if weights[version] == 0:  # a typo'd weight must not quietly take an arm out of the test
+                    raise ApiError(422, "invalid_split", f"version {version} has weight 0: every version in a split "
+                                   "needs a weight > 0 (leave a version out to give it no traffic)", f"weights.{version}")  # fmt: skip
+            current = self._routing.get(name)
+            if current is not None and current.state.active not in weights:
+                # {"2": 1.0} while 1 serves would silently be an activate; a split changes shares, not the baseline.
+                raise ApiError(422, "invalid_split", f"a split must include the active version {current.state.active} "
+                               f"with a weight > 0; to move everyone to another version, activate it", "weights")  # fmt: skip
+            for version in weights:
+                self._ready_entry(name, version)
             self._check_interface(name, weights, allow_interface_change)
             shares = {v: w for v, w in normalised(weights).items() if w > 0}
             active = max(shares, key=lambda v: (shares[v], v))

@@ -257,3 +257,16 @@ def test_an_unreadable_models_directory_serves_nothing_but_stays_up(tmp_path):
         assert c.get("/health/live").status_code == 200
         assert c.get("/health/ready").status_code == 503
         assert c.post("/v1/rank", json=REQUEST).status_code == 503
+
+
+def test_a_split_gives_every_version_a_weight_and_includes_the_active_one(repo):
+    with TestClient(create_app(settings(repo))) as c:
+        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
+        for weights, field, says in (({"1": 1.0}, "weights", "active version 2"),
+                                     ({"2": 1.0, "1": 0}, "weights.1", "weight 0")):  # fmt: skip
+            r = c.put("/v1/admin/models/ple/split", json={"weights": weights}, headers=AUTH)
+            assert r.status_code == 422, (weights, r.text)
+            assert r.json()["error"]["field"] == field and says in r.json()["error"]["message"], r.text
+            assert rank(c)["version"] == 2  # nothing changed
+        r = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 0.5, "2": 0.5}}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["split"] == {"1": 0.5, "2": 0.5}
