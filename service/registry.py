@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import gc
+import itertools
 import logging
 import re
 import threading
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from contract.features import FeatureTransform, stable_hash
 from contract.modelspec import NAME_PATTERN, ModelSpec, sha256_file
-from service.control import ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused, RoutingState, normalised
+from service.control import (N_BUCKETS, ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused,
+                             RoutingState, bucket_counts)
 from service.engine import InferenceEngine
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -39,7 +41,6 @@ except (OSError, AttributeError):
 
 _NAME = re.compile(NAME_PATTERN)
 _ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
-N_BUCKETS = 10_000  # users hash into this many A/B buckets; a split assigns bucket ranges
 
 
 class LoadError(Exception):
@@ -136,14 +137,9 @@ class Routing:
 
     def __init__(self, state: RoutingState, handles: dict[int, ModelVersion]):
         self.state = state
-        weights = sorted(state.weights().items())
-        self.versions = [handles[v] for v, _ in weights]
-        total, bounds = 0.0, []
-        for _, w in weights:
-            total += w
-            bounds.append(round(total * N_BUCKETS))
-        bounds[-1] = N_BUCKETS
-        self.bounds = bounds  # bucket b goes to the first version whose bound exceeds b
+        buckets = sorted(state.buckets().items())
+        self.versions = [handles[v] for v, _ in buckets]
+        self.bounds = list(itertools.accumulate(c for _, c in buckets))  # bucket b: the first version whose bound exceeds b
 
     def pick(self, bucket: int) -> ModelVersion:
         return self.versions[bisect.bisect_right(self.bounds, bucket)]
@@ -466,9 +462,13 @@ class Registry:
             for version in weights:
                 self._ready_entry(name, version)
             self._check_interface(name, weights, allow_interface_change)
-            shares = {v: w for v, w in normalised(weights).items() if w > 0}
-            active = max(shares, key=lambda v: (shares[v], v))
-            state = RoutingState(active, shares if len(shares) > 1 else None)
+            counts = bucket_counts(weights)
+            for version in sorted(counts):
+                if counts[version] == 0:
+                    raise ApiError(422, "invalid_split", f"version {version}'s share is below one A/B bucket in "
+                                   f"{N_BUCKETS:,}: it would get no user", f"weights.{version}")  # fmt: skip
+            active = max(counts, key=lambda v: (counts[v], v))
+            state = RoutingState(active, counts if len(counts) > 1 else None)
             self._write_control(name, state)
             self._to_route.pop(name, None)
             self._set_routing(name, state)

@@ -166,7 +166,8 @@ class SplitRequest(_Wire):
     model_config = ConfigDict(**WIRE, json_schema_extra={"examples": [{"weights": {"3": 0.9, "4": 0.1}}]})
 
     weights: dict[VersionKey, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
-        min_length=1, description='traffic weight per version, e.g. {"3": 0.9, "4": 0.1}; normalised to sum 1'
+        min_length=1, description='traffic weight per version, each > 0, the active version included, e.g. '
+        '{"1": 0.9, "2": 0.1}; normalised to whole A/B buckets out of 10,000 (shares in steps of 0.0001)'
     )
     allow_interface_change: bool = Field(False, description=INTERFACE_OVERRIDE)
 
@@ -174,4 +175,4 @@ class SplitRequest(_Wire):
 class RoutingResponse(BaseModel):
     model: str
     active: int
-    split: dict[int, float] | None
+    split: dict[int, float] | None = Field(description="each version's share of users (A/B buckets / 10,000)")

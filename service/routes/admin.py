@@ -46,7 +46,7 @@ Version = Annotated[int, Path(ge=1)]
 
 
 def routing(name: str, state: RoutingState) -> RoutingResponse:
-    return RoutingResponse(model=name, active=state.active, split=state.split)
+    return RoutingResponse(model=name, active=state.active, split=state.weights() if state.split else None)
 
 
 @router.post("/{name}/versions/{version}/load")
