@@ -132,10 +132,24 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON (code `invalid_json`, field `body`; the message gives line, column and "
+         "offset of the fault).",
+    401: "The admin token is missing or wrong.",
+    403: "The admin API is off (no RANKER_ADMIN_TOKEN).",
+    404: "Unknown model, version or path.",
+    408: "The body did not arrive in time.",
+    409: "A conflict with the model's state (a version not ready, serving, or of another interface).",
+    413: "The body or the number of candidates is over the limit.",
+    415: "The body was not sent as application/json.",
+    422: "Valid JSON that breaks the schema or a rule; `field` names the offending field as the client wrote it.",
+    503: "No model is ready, or the control plane cannot be reached.",
+}
+
+
 def error_responses(*codes: int) -> dict:
-    """OpenAPI entries for the error statuses a route answers, each in the one error shape
-    (400: a body that is not JSON at all; 415: one not sent as JSON; 413/408: the body limits of service.limits)."""
-    return {code: {"model": ErrorResponse} for code in codes}
+    """OpenAPI entries for the error statuses a route answers, each in the one error shape."""
+    return {code: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
 
 
 # ---- admin ----

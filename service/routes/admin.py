@@ -4,12 +4,12 @@ import hmac
 from typing import Annotated, Any, Callable, Coroutine
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
-from fastapi.routing import APIRoute
 
 from contract.modelspec import NAME_PATTERN
 from service.control import RoutingState
 from service.deps import RegistryDep, SettingsDep
 from service.errors import ApiError
+from service.jsonbody import JSONRoute
 from service.schemas import ActivateRequest, RoutingResponse, SplitRequest, error_responses
 
 
@@ -23,9 +23,9 @@ def require_admin(settings: SettingsDep, authorization: Annotated[str | None, He
         raise ApiError(401, "unauthorized", "admin endpoints need 'Authorization: Bearer <RANKER_ADMIN_TOKEN>'")
 
 
-class AdminRoute(APIRoute):
+class AdminRoute(JSONRoute):
     """Checks the token before FastAPI reads the body: a caller without it learns nothing about what
-    a valid body looks like (a 401, not a 422 for malformed JSON)."""
+    a valid body looks like (a 401, not a 400 for malformed JSON). Bodies are read as on /v1/rank."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
