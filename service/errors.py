@@ -9,6 +9,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.responses import JSONBytes
 
@@ -106,7 +107,22 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         request.state.error_kind = code
-        return error_response(exc.status_code, code, str(exc.detail), "body" if exc.status_code == 400 else None)
+        message = str(exc.detail)
+        if exc.status_code == 404 and (fixed := _without_trailing_slash(request)) is not None:
+            message = f"no route {request.method} {request.url.path}; did you mean {fixed} (no trailing slash)?"
+        return error_response(exc.status_code, code, message, "body" if exc.status_code == 400 else None)
+
+
+def _without_trailing_slash(request: Request) -> str | None:
+    """The path without its trailing slash, when a route has it. The app answers one path per route
+    (redirect_slashes is off: a 307 to it has no body, and clients do not repeat a POST there)."""
+    path = request.url.path
+    if len(path) < 2 or not path.endswith("/"):
+        return None
+    scope = {**request.scope, "path": path.rstrip("/")}
+    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return path.rstrip("/")
+    return None
 
 
 

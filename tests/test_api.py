@@ -302,3 +302,14 @@ def test_a_body_that_is_not_json_is_a_400_naming_where_and_a_schema_error_stays_
         status, error = send(b'{"version": "1", "weights": [], "user": 3, "inputs": 3}')  # JSON, not the schema
         assert status == 422 and error["code"] == "invalid_request" and error["field"] != "body", error
         assert c.get("/metrics").text.count('ranker_errors_total{kind="invalid_json"} 3.0') == 1
+
+
+def test_a_trailing_slash_is_a_404_in_the_error_shape_naming_the_path(client):
+    r = client.post("/v1/rank/", json=request(n=2), follow_redirects=False)
+    assert r.status_code == 404, (r.status_code, r.text)
+    error = r.json()["error"]
+    assert error["code"] == "not_found" and "did you mean /v1/rank " in error["message"], error
+    r = client.get("/v1/models/ple/", follow_redirects=False)
+    assert r.status_code == 404 and "did you mean /v1/models/ple " in r.json()["error"]["message"]
+    r = client.get("/v1/nothing/", follow_redirects=False)
+    assert r.status_code == 404 and "did you mean" not in r.json()["error"]["message"]
