@@ -500,7 +500,7 @@ class Registry:
                 raise ApiError(409, "version_serving", f"{name}/{version} receives traffic; route it away first", "version")
             entry = self._entries[name].pop(version)  # in-flight requests keep their own reference
             if entry.handle is not None:
-                self.metrics.forget_version(name, version, entry.handle.engine.provider)
+                self.metrics.forget_version(entry.handle)
             del entry
             release_memory()
             log.info("model %s/%s unloaded", name, version)
