@@ -29,8 +29,10 @@ ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home ranker
+ && groupadd --system --gid 10001 ranker \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home ranker
 COPY --from=build /opt/venv /opt/venv
+# uid and gid 10001: Kubernetes pods name them (deploy/k8s: runAsUser, runAsGroup, fsGroup).
 USER ranker
 WORKDIR /app
 # Models and feature tables are mounted (docker-compose.yml), or baked in by a derived image:

@@ -91,7 +91,7 @@ def main() -> None:
     transform = FeatureTransform(fit_features(train))
     enc = encode(transform, train)
     config = default_config("ple")
-    model = build_model("ple", dataset.tasks, transform.cardinalities(), len(transform.dense), config)
+    model = build_model("ple", dataset.tasks, transform.cardinalities(), transform.n_dense, config)
     n_params = sum(p.numel() for p in model.parameters())
     data = CACHE / "train_data.npz"
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def main() -> None:
     rows, result = [], {"ours": {}, "torch_rechub": {}, "parameters": {"ours": n_params}}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        model = build_model("ple", dataset.tasks, transform.cardinalities(), len(transform.dense), config)
+        model = build_model("ple", dataset.tasks, transform.cardinalities(), transform.n_dense, config)
         ours = time_ours(model, *tensors, dataset.tasks, args.steps, args.warmup, args.batch_size, args.seed)
         result["ours"][threads] = ours
         peer = run_rechub(data, args, threads)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from training.cli import load_data
+from training.data.sets import load_data
 from training.export import write_version
 from training.models import FAMILIES, config_with
 from training.train import TrainConfig, run_training

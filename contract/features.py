@@ -4,8 +4,9 @@ Training and serving both call `FeatureTransform.encode`, so the same raw record
 tensors on both sides. Torch-free and NumPy-only on purpose.
 
 Inputs of every exported model:
-  sparse_ids (B, n_sparse) int64  -- per-feature ids in [0, cardinality); 0 = missing/unknown
-  dense      (B, n_dense)  float32 -- standardised numbers
+  sparse_ids (B, n_sparse) int64  -- per-feature ids in [0, cardinality); 0 = missing/unknown;
+                                     the categorical features, then the numbers encoded as bins
+  dense      (B, n_dense)  float32 -- the other numbers: standardised, or piecewise-linear
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class FeatureTransform:
         self.specs = list(specs)
         self.sparse = [s for s in self.specs if s.kind == "sparse"]
         self.dense = [s for s in self.specs if s.kind == "dense"]
+        self.binned = [s for s in self.dense if s.encoding == "bins"]  # numbers that become sparse ids
+        self.n_sparse = len(self.sparse) + len(self.binned)
+        self.n_dense = sum(s.width for s in self.dense)
         self._vocab = {
             s.name: {v: i + 1 for i, v in enumerate(s.vocabulary)} for s in self.sparse if s.vocabulary
         }
@@ -102,12 +106,12 @@ class FeatureTransform:
 
     def input_specs(self) -> list[TensorSpec]:
         return [
-            TensorSpec(name=SPARSE_INPUT, dtype="int64", shape=[-1, len(self.sparse)]),
-            TensorSpec(name=DENSE_INPUT, dtype="float32", shape=[-1, len(self.dense)]),
+            TensorSpec(name=SPARSE_INPUT, dtype="int64", shape=[-1, self.n_sparse]),
+            TensorSpec(name=DENSE_INPUT, dtype="float32", shape=[-1, self.n_dense]),
         ]
 
     def cardinalities(self) -> list[int]:
-        return [s.cardinality for s in self.sparse]
+        return [s.cardinality for s in self.sparse + self.binned]
 
     # ---- one value ----
 
@@ -163,7 +167,7 @@ class FeatureTransform:
         shared = shared or {}
         per_row = per_row or {}
         defaulted = 0
-        sparse = np.empty((n, len(self.sparse)), dtype=np.int64)
+        sparse = np.empty((n, self.n_sparse), dtype=np.int64)
         for j, spec in enumerate(self.sparse):
             if spec.name in per_row:
                 ids = self._column_ids(spec, per_row[spec.name])
@@ -172,8 +176,9 @@ class FeatureTransform:
             else:
                 sparse[:, j] = self.sparse_id(spec, shared.get(spec.name))
                 defaulted += int(sparse[0, j] == MISSING_ID) if n else 0
-        dense = np.empty((n, len(self.dense)), dtype=np.float32)
-        for j, spec in enumerate(self.dense):
+        dense = np.empty((n, self.n_dense), dtype=np.float32)
+        column, binned = 0, len(self.sparse)  # where the next dense column / binned id goes
+        for spec in self.dense:
             if spec.name in per_row:
                 raw = _as_float_array(spec.name, per_row[spec.name], n)
                 if np.isinf(raw).any():
@@ -185,7 +190,12 @@ class FeatureTransform:
             if missing.any():
                 raw = np.where(missing, float(spec.default), raw)  # type: ignore[arg-type]
                 defaulted += int(np.count_nonzero(missing)) if spec.name in per_row else 1
-            dense[:, j] = standardise(spec, raw)
+            if spec.encoding == "bins":
+                sparse[:, binned] = bin_ids(spec, raw)
+                binned += 1
+            else:
+                dense[:, column : column + spec.width] = encode_number(spec, raw)
+                column += spec.width
         return Encoded(sparse, dense, defaulted)
 
 
@@ -203,13 +213,34 @@ def standardise(spec: FeatureSpec, raw: np.ndarray) -> np.ndarray:
     return ((pre_standardise(spec, raw) - spec.mean) / spec.std).astype(np.float32)
 
 
-def fit_dense(spec: FeatureSpec, raw: Iterable[float]) -> FeatureSpec:
-    """Return `spec` with mean/std fitted on training values (missing ones take the default)."""
+def encode_number(spec: FeatureSpec, raw: np.ndarray) -> np.ndarray:
+    """(n,) raw numbers (no NaN) -> (n, spec.width) float32 dense columns."""
+    if spec.encoding == "standard":
+        return standardise(spec, raw)[:, None]
+    edges = np.asarray(spec.edges)  # piecewise: one column per bin, 1 below it ... 0 above it
+    x = pre_standardise(spec, raw)[:, None]
+    return np.clip((x - edges[:-1]) / np.diff(edges), 0.0, 1.0).astype(np.float32)
+
+
+def bin_ids(spec: FeatureSpec, raw: np.ndarray) -> np.ndarray:
+    """(n,) raw numbers -> (n,) int64 bin ids in 1 .. len(edges) + 1 (0 stays "missing")."""
+    return 1 + np.searchsorted(np.asarray(spec.edges), pre_standardise(spec, raw), side="right")
+
+
+def fit_dense(spec: FeatureSpec, raw: Iterable[float], encoding: str = "standard", bins: int = 16) -> FeatureSpec:
+    """Return `spec` with its statistics fitted on training values (missing ones take the default):
+    mean/std, and for `bins` / `piecewise` up to `bins` quantile bins (fewer where values repeat)."""
     values = np.asarray(list(raw), dtype=np.float64)
     values = np.where(np.isnan(values), float(spec.default), values)  # type: ignore[arg-type]
     x = pre_standardise(spec, values)
     std = float(x.std())
-    return spec.model_copy(update={"mean": float(x.mean()), "std": std if std > 1e-6 else 1.0})
+    update: dict[str, Any] = {"mean": float(x.mean()), "std": std if std > 1e-6 else 1.0}
+    if encoding != "standard":
+        edges = np.unique(np.quantile(x, np.linspace(0.0, 1.0, bins + 1)))
+        if len(edges) < 2:  # a constant column: one bin around it
+            edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
+        update |= {"encoding": encoding, "edges": [float(e) for e in edges]}
+    return FeatureSpec.model_validate(spec.model_dump() | update)
 
 
 def _as_float(feature: str, value: Any, row: int | None = None) -> float:

@@ -71,8 +71,13 @@ class FeatureSpec(_Strict):
     """One raw feature and how it becomes a model input.
 
     sparse: a categorical value hashed (stable blake2b) into `buckets`, or looked up in
-    `vocabulary`; id 0 is reserved for missing/unknown. dense: a number, optionally log1p-ed,
-    then standardised with `mean`/`std` fitted on the training data.
+    `vocabulary`; id 0 is reserved for missing/unknown. dense: a number (clipped, optionally
+    log1p-ed), then encoded as `encoding` says, with statistics fitted on the training data:
+      standard:  one input, (x - mean) / std;
+      bins:      one more sparse id, the quantile bin of x among `edges` (embedded like a category);
+      piecewise: len(edges) - 1 inputs, the piecewise-linear encoding of Gorishniy et al.
+                 (NeurIPS 2022): component t = clip((x - edges[t]) / (edges[t+1] - edges[t]), 0, 1).
+    Trees split numbers at thresholds; the last two give a network the same kind of view.
     """
 
     name: str
@@ -86,6 +91,8 @@ class FeatureSpec(_Strict):
     std: Finite = Field(1.0, gt=0)
     clip_min: Finite | None = None  # applied before log1p; keeps log1p defined
     from_id: bool = False  # the raw value is the entity's own id (user.id, a candidate's id)
+    encoding: Literal["standard", "bins", "piecewise"] = "standard"  # dense only
+    edges: list[Finite] | None = None  # bins / piecewise: increasing, after clip and log1p
 
     @model_validator(mode="after")
     def _check(self) -> "FeatureSpec":
@@ -93,15 +100,28 @@ class FeatureSpec(_Strict):
             raise ValueError(f"sparse feature {self.name!r} needs exactly one of buckets, vocabulary")
         if self.kind == "dense" and not isinstance(self.default, (int, float)):
             raise ValueError(f"dense feature {self.name!r} needs a numeric default")
+        if (self.encoding == "standard") != (self.edges is None) or (self.kind == "sparse" and self.edges):
+            raise ValueError(f"feature {self.name!r}: edges go with a dense bins or piecewise encoding")
+        if self.edges is not None and (len(self.edges) < 2 or any(a >= b for a, b in zip(self.edges, self.edges[1:]))):
+            raise ValueError(f"feature {self.name!r}: edges must be at least two increasing numbers")
         return self
 
     @property
     def cardinality(self) -> int:
         """Number of embedding rows this feature needs (0 = missing/unknown included)."""
+        if self.edges is not None:  # binned number: ids 1 .. len(edges) + 1 (below, between, above)
+            return len(self.edges) + 2
         if self.vocabulary is not None:
             return len(self.vocabulary) + 1
         assert self.buckets is not None
         return self.buckets
+
+    @property
+    def width(self) -> int:
+        """Columns this feature takes in the dense input (0 for sparse ids)."""
+        if self.kind == "sparse" or self.encoding == "bins":
+            return 0
+        return len(self.edges) - 1 if self.encoding == "piecewise" else 1  # type: ignore[arg-type]
 
 
 # ---- tasks and tensors ----

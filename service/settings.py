@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     default_model: str | None = None  # model used when a request names none (default: "ple", else the first)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Serving processes per container (or pod). 1 is the only value today: the loaded models, the
+    # routing, the watcher and the metrics live in one process (README, "One uvicorn worker per
+    # container"); scale with replicas. Deployments state it once (deploy/k8s/base/ranker.env), next
+    # to what is sized per process, so a change to several processes has one place to start from.
+    workers: int = Field(1, ge=1, le=1)
 
     # ONNX Runtime threads for a lone call: 0 lets ORT pick (one per physical core).
     intra_op_threads: int = Field(0, ge=0)

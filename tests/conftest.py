@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -66,16 +67,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def need_tool(command: str, package: str) -> str:
-    """The path of a command a test needs. Missing: a skip on a developer's machine, a failure in CI
-    (.ci/run installs the Debian package and sets RANKER_REQUIRE_TOOLS=1), so CI never skips silently."""
-    path = shutil.which(command)
+def need_tool(command: str, package: str, how: str | None = None) -> str:
+    """The path of a command a test needs, on PATH or beside this Python (a tool pip installed into
+    the venv). Missing: a skip on a developer's machine, a failure in CI (.ci/run installs it and
+    sets RANKER_REQUIRE_TOOLS=1), so CI never skips silently. `how` replaces the Debian hint."""
+    path = shutil.which(command) or shutil.which(command, path=str(Path(sys.executable).parent))
     if path is None:
-        message = f"{command} not found: install the Debian package {package} (.ci/run does)"
+        message = f"{command} not found: {how or f'install the Debian package {package}'} (.ci/run does)"
         if os.environ.get("RANKER_REQUIRE_TOOLS") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def ranker_variables(text: str) -> tuple[set[str], set[str]]:
+    """The RANKER_* names in a deployment file's text, and those of them that are no setting
+    (service.settings.Settings reads RANKER_<FIELD>): one check for compose, Dockerfile and Kubernetes."""
+    from service.settings import Settings
+
+    used = set(re.findall(r"\bRANKER_[A-Z0-9_]*[A-Z0-9]\b", text))
+    return used, used - {f"RANKER_{name.upper()}" for name in Settings.model_fields}
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):

@@ -11,8 +11,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from service.settings import Settings
-from tests.conftest import need_tool
+from tests.conftest import need_tool, ranker_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -110,7 +109,5 @@ def test_the_image_is_multi_stage_torch_free_non_root_and_checks_readiness():
 
 
 def test_every_ranker_variable_in_the_deployment_files_is_a_setting():
-    fields = {f"RANKER_{name.upper()}" for name in Settings.model_fields}
-    text = (ROOT / "docker-compose.yml").read_text() + (ROOT / "Dockerfile").read_text()
-    used = set(re.findall(r"\bRANKER_[A-Z_]+\b", text))
-    assert used and used <= fields, used - fields
+    used, unknown = ranker_variables((ROOT / "docker-compose.yml").read_text() + (ROOT / "Dockerfile").read_text())
+    assert used and not unknown, unknown

@@ -7,25 +7,22 @@ overrides and the flags below, in that order of precedence (training/config.py).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 import torch
 
-from contract.modelspec import NAME_PATTERN, TaskSpec, tasks_interface
+from contract.modelspec import tasks_interface
 from training import config as run_config
-from training.data import Dataset, census, data_root, kuairand, synthetic, videolog
+from training.config import RunConfig
+from training.data.sets import DATA_SETS, load_data
 from training.distributed import DEVICES, resolve_device
 from training.evaluate import format_metrics, mtl_gain
 from training.export import InterfaceChanged, check_interface, write_version
-from training.models import FAMILIES, config_with
-
-DATA_SETS = ["videolog", "census", "kuairand", "synthetic", "parquet"]
+from training.losses import check_task_names
+from training.models import FAMILIES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="assignments",
                    help="override any config value, e.g. --set model.n_levels=3 --set train.loss_gamma.ctr=0.9 "
                         "(train.loss_w0 / loss_gamma name tasks of the chosen data: ctr is videolog's)")  # fmt: skip
-    p.add_argument("--data", choices=DATA_SETS, default=None, help="training data (default videolog: the simulator)")
+    p.add_argument("--data", choices=sorted(DATA_SETS), default=None, help="training data (default videolog: the simulator)")
     p.add_argument("--model", choices=sorted(FAMILIES), default=None, help="model family (default ple)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None, help="seed of initialisation and batch order")
@@ -67,8 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def flag_overrides(args: argparse.Namespace) -> dict:
     """The explicit flags as a config fragment (flags not given stay out)."""
-    run = {k: v for k, v in {"data": args.data, "model": args.model, "out": args.out, "name": args.name,
-                             "threads": args.threads, "data_dir": args.data_dir}.items() if v is not None}  # fmt: skip
+    run = {k: str(v) if isinstance(v, Path) else v
+           for k, v in {"data": args.data, "model": args.model, "out": args.out, "name": args.name,
+                        "threads": args.threads, "data_dir": args.data_dir}.items() if v is not None}  # fmt: skip
     train = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
                                "patience": args.patience, "device": args.device}.items() if v is not None}  # fmt: skip
     out: dict = {"run": run, "train": train}
@@ -84,41 +82,9 @@ def data_overrides(args: argparse.Namespace, data: str) -> dict:
     return {"data": {data: {k: v for k, v in options.items() if v is not None}}}
 
 
-def data_tasks(name: str, options: dict) -> list[TaskSpec]:
-    """The chosen data set's tasks, known before any of its rows is loaded or read."""
-    if name == "parquet":
-        if "path" not in options:
-            raise ValueError("--data parquet needs --set data.parquet.path=FILE")
-        from training.data.stream import ParquetStream
-
-        return ParquetStream(options["path"]).tasks  # from the file's metadata
-    loaders = {"videolog": videolog, "census": census, "kuairand": kuairand, "synthetic": synthetic}
-    if name not in loaders:
-        raise ValueError(f"unknown data set {name!r}; known: {DATA_SETS}")
-    return loaders[name].TASKS
-
-
-def check_data_options(name: str, options: dict) -> None:
-    """TypeError naming an option the data set's loader does not take, before anything is loaded."""
-    takes = {"videolog": videolog.VideoLogConfig, "synthetic": synthetic.SyntheticConfig,
-             "census": census.load, "kuairand": kuairand.load}.get(name)  # fmt: skip
-    if takes is None:
-        return  # parquet: data_tasks checks its path
-    if isinstance(takes, type):
-        names = {f.name for f in dataclasses.fields(takes)}
-    else:
-        names = set(list(inspect.signature(takes).parameters)[1:])  # after the path
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise ValueError(f"data.{name} has no option(s) {unknown}; it has {sorted(names)}")
-
-
-def check_outputs(run: dict, args: argparse.Namespace) -> None:
-    """The model name, --out, --features-out and --baseline-metrics, checked before hours of training."""
-    name = run["name"] or run["model"]
-    if not re.fullmatch(NAME_PATTERN, str(name)):
-        raise ValueError(f"--name {name!r}: a model name is letters, digits, '_', '.' or '-' (the service's rule)")
-    out = Path(run["out"])
+def check_outputs(cfg: RunConfig, args: argparse.Namespace) -> None:
+    """--out, --features-out and --baseline-metrics, checked before hours of training."""
+    out = Path(cfg.run.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, no permission
@@ -132,25 +98,20 @@ def check_outputs(run: dict, args: argparse.Namespace) -> None:
             json.loads(args.baseline_metrics.read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"--baseline-metrics {args.baseline_metrics}: {exc}") from None
-    if run.get("threads") is not None and (type(run["threads"]) is not int or run["threads"] < 1):
-        raise ValueError(f"--threads {run['threads']!r}: must be an integer >= 1")
 
 
-def load_data(name: str, options: dict, data_dir: Path | None, features_out: Path | None = None) -> Dataset:
-    if name == "videolog":
-        log = videolog.simulate(videolog.VideoLogConfig(**options))
-        if features_out is not None:
-            for path in videolog.write_feature_tables(log, features_out):
-                print(f"wrote {path}", file=sys.stderr)
-        return videolog.to_dataset(log)
-    if name == "synthetic":
-        return synthetic.generate(synthetic.SyntheticConfig(**options))
-    root = data_root(data_dir)
-    if name == "census":
-        return census.load(root / census.FILE, **options)
-    if name == "kuairand":
-        return kuairand.load(root / kuairand.DIRECTORY, **options)
-    raise ValueError(f"unknown data set {name!r}; known: {DATA_SETS}")
+def checked_config(args: argparse.Namespace) -> RunConfig:
+    """The run's configuration, every section checked, and what it names checked too."""
+    tables = run_config.load_tables(args.config, args.assignments, flag_overrides(args))
+    tables = run_config.merge(tables, data_overrides(args, tables["run"].get("data", "videolog")))
+    cfg = RunConfig.from_tables(tables)
+    resolve_device(cfg.train.device)  # --device cuda without a GPU: say so before loading any data
+    tasks = DATA_SETS[cfg.run.data].tasks(cfg.data)  # parquet: from the file's metadata
+    check_task_names(tasks, loss_w0=cfg.train.loss_w0, loss_gamma=cfg.train.loss_gamma)
+    check_outputs(cfg, args)
+    if not args.allow_interface_change:  # another data set's model under this name: say so before training
+        check_interface(Path(cfg.run.out) / cfg.run.version_name, tasks_interface(tasks))
+    return cfg
 
 
 def baseline_gain(path: Path, result) -> dict[str, dict[str, float]]:
@@ -163,44 +124,31 @@ def baseline_gain(path: Path, result) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.train import TrainingDiverged, check_loss_weights, run_parquet_training, run_training  # fast --help
+    from training.train import TrainingDiverged, run_parquet_training, run_training  # fast --help
 
     args = parse_args(argv)
     try:
-        cfg = run_config.load(args.config, args.assignments, flag_overrides(args))
-        cfg = run_config.merge(cfg, data_overrides(args, cfg["run"]["data"]))
-        run = cfg["run"]
-        if run["model"] not in FAMILIES:
-            raise ValueError(f"unknown model family {run['model']!r}; known: {sorted(FAMILIES)}")
-        model_config = config_with(run["model"], cfg["model"])
-        train_config = run_config.train_config(cfg["train"])
-        resolve_device(train_config.device)  # --device cuda without a GPU: say so before loading any data
-        run_config.check_sections(cfg, DATA_SETS)
-        check_data_options(run["data"], cfg["data"].get(run["data"], {}))
-        tasks = data_tasks(run["data"], cfg["data"].get(run["data"], {}))
-        check_loss_weights(train_config, tasks)
-        check_outputs(run, args)
-        if not args.allow_interface_change:  # another data set's model under this name: say so before training
-            check_interface(Path(run["out"]) / (run["name"] or run["model"]), tasks_interface(tasks))
+        cfg = checked_config(args)
     except (ValueError, TypeError, OSError) as exc:
         print(f"ranker-train: {exc}", file=sys.stderr)
         return 2
-    if run.get("threads"):
-        torch.set_num_threads(int(run["threads"]))
+    run = cfg.run
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     try:
-        if run["data"] == "parquet":  # streams: the training split is never loaded whole
-            options = dict(cfg["data"]["parquet"])  # with a path: data_tasks checked
-            result = run_parquet_training(options.pop("path"), run["model"], train_config, model_config,
-                                          log=lambda line: print(line, file=sys.stderr), **options)  # fmt: skip
+        if run.data == "parquet":  # streams: the training split is never loaded whole
+            options = cfg.data
+            result = run_parquet_training(options.path, run.model, cfg.train, cfg.model, log=say,
+                                          chunk_rows=options.chunk_rows, max_eval_rows=options.max_eval_rows)  # fmt: skip
         else:
             try:
-                dataset = load_data(run["data"], cfg["data"].get(run["data"], {}), run.get("data_dir"),
-                                    args.features_out if run["data"] == "videolog" else None)  # fmt: skip
+                dataset = load_data(run.data, cfg.data, run.data_dir,
+                                    args.features_out if run.data == "videolog" else None)  # fmt: skip
             except (OSError, ValueError) as exc:  # a data folder or file missing, an option out of range
-                print(f"ranker-train: cannot load --data {run['data']}: {exc}", file=sys.stderr)
+                print(f"ranker-train: cannot load --data {run.data}: {exc}", file=sys.stderr)
                 return 2
-            result = run_training(dataset, run["model"], train_config, model_config,
-                                  log=lambda line: print(line, file=sys.stderr))  # fmt: skip
+            result = run_training(dataset, run.model, cfg.train, cfg.model, log=say)
     except TrainingDiverged as exc:
         print(f"ranker-train: {exc}", file=sys.stderr)
         return 1
@@ -216,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print("test metrics:", file=sys.stderr)
     print(format_metrics(result.metrics["test"]), file=sys.stderr)
     try:  # the whole interface (features, outputs) is known now
-        folder = write_version(result, Path(run["out"]), run["name"] or run["model"], args.allow_interface_change)
+        folder = write_version(result, Path(run.out), run.version_name, args.allow_interface_change)
     except InterfaceChanged as exc:
         print(f"ranker-train: {exc}", file=sys.stderr)
         return 2

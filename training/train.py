@@ -27,63 +27,13 @@ from tqdm import tqdm
 
 from contract.features import Encoded, FeatureTransform, fit_dense
 from contract.modelspec import FeatureSpec, TaskSpec
+from training.balancing import TaskBalancer
+from training.config import TrainConfig
 from training.data import Dataset
 from training.distributed import TrainingStep, data_parallel, distributed_context, loss_denominators, resolve_device
 from training.evaluate import gate_utilisation, on_model_device, predict, task_metrics
 from training.losses import check_task_names, epoch_task_weights, masked_task_losses, subspace_orthogonality
 from training.models import MultiTaskModel, build_model
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 1024
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    split_seed: int | None = None  # None: the data set's own seed (its documented split), else 0
-    patience: int = 0  # stop after this many epochs without a better validation loss; 0 = never
-    progress: bool | None = None  # a tqdm bar per epoch; None = only on a terminal
-    device: str = "auto"  # auto | cpu | cuda (auto: cuda when torch sees a GPU)
-    loss_w0: dict[str, float] = field(default_factory=dict)  # w_k0 per task (default 1)
-    loss_gamma: dict[str, float] = field(default_factory=dict)  # gamma_k per task (default 1)
-    # False: the naive loss over every sample, labels outside a task's sample space counting as 0
-    # (e.g. "no share" for an impression never clicked). Only for the ablation of reports/; the
-    # validation loss and all metrics stay inside each task's own sample space.
-    sample_space_loss: bool = True
-
-    def __post_init__(self) -> None:
-        """ValueError naming the first setting of the wrong type or range, before any data is read."""
-
-        def integer(name: str, least: int) -> None:
-            value = getattr(self, name)
-            if type(value) is not int or value < least:
-                raise ValueError(f"train.{name}={value!r}: must be an integer >= {least}")
-
-        def number(name: str, value: object, positive: bool) -> None:
-            ok = type(value) in (int, float) and (0 < value if positive else 0 <= value) and math.isfinite(value)
-            if not ok:
-                raise ValueError(f"train.{name}={value!r}: must be a finite number {'> 0' if positive else '>= 0'}")
-
-        integer("epochs", 1)
-        integer("batch_size", 1)
-        integer("seed", 0)
-        integer("patience", 0)
-        if self.split_seed is not None:
-            integer("split_seed", 0)
-        number("lr", self.lr, positive=False)  # 0 is allowed: a run that only evaluates
-        number("weight_decay", self.weight_decay, positive=False)
-        for table in ("loss_w0", "loss_gamma"):
-            values = getattr(self, table)
-            if not isinstance(values, dict):
-                raise ValueError(f"train.{table} must be a table of task = number")
-            for task, value in values.items():
-                number(f"{table}.{task}", value, positive=table == "loss_gamma")
-        for flag in ("sample_space_loss",):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"train.{flag}={getattr(self, flag)!r}: must be true or false")
-        if self.progress is not None and not isinstance(self.progress, bool):
-            raise ValueError(f"train.progress={self.progress!r}: must be true or false")
 
 
 class TrainingDiverged(ValueError):
@@ -102,6 +52,7 @@ class TrainResult:
     gates: dict[str, dict[str, float]] = field(default_factory=dict)  # expert utilisation per gate
     extra_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. the MTL gain
     best_epoch: int = 0
+    best_score: float = float("inf")  # the kept epoch's validation selection score (lower is better)
     rows: dict[str, int] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
@@ -112,8 +63,10 @@ def check_loss_weights(config: TrainConfig, tasks: list[TaskSpec]) -> None:
     check_task_names(tasks, loss_w0=config.loss_w0, loss_gamma=config.loss_gamma)
 
 
-def fit_features(train: Dataset) -> list[FeatureSpec]:
-    return [fit_dense(s, train.columns[s.name]) if s.kind == "dense" else s for s in train.features]
+def fit_features(train: Dataset, config: TrainConfig = TrainConfig()) -> list[FeatureSpec]:
+    """The feature schema with the numbers' statistics fitted on the training split."""
+    return [fit_dense(s, train.columns[s.name], config.numeric_encoding, config.numeric_bins) if s.kind == "dense" else s
+            for s in train.features]  # fmt: skip
 
 
 def encode(transform: FeatureTransform, data: Dataset) -> Encoded:
@@ -121,8 +74,8 @@ def encode(transform: FeatureTransform, data: Dataset) -> Encoded:
 
 
 @torch.no_grad()
-def validation_loss(model: MultiTaskModel, enc: Encoded, data: Dataset, w0: torch.Tensor, batch: int = 8192) -> float:
-    """The w_k0-weighted masked loss over a whole split (per task: mean over its sample space)."""
+def validation_losses(model: MultiTaskModel, enc: Encoded, data: Dataset, batch: int = 8192) -> torch.Tensor:
+    """(K,) each task's masked loss over a whole split (the mean over its sample space)."""
     model.eval()
     sums, counts = torch.zeros(len(data.tasks)), torch.zeros(len(data.tasks))
     for i in range(0, len(data), batch):
@@ -133,10 +86,32 @@ def validation_loss(model: MultiTaskModel, enc: Encoded, data: Dataset, w0: torc
         n = masks.sum(0).float().cpu()
         sums += per_task * n
         counts += n
-    return float((w0 * sums / counts.clamp(min=1.0)).sum())
+    return sums / counts.clamp(min=1.0)
+
+
+def base_rate_losses(data: Dataset) -> torch.Tensor:
+    """(K,) each task's loss when always predicting its base rate on `data`: the entropy of a binary
+    label, the variance of a regression (at least 1e-6, so a task without spread cannot divide by 0)."""
+    out = []
+    for k, task in enumerate(data.tasks):
+        y = data.labels[data.masks[:, k], k].astype(np.float64)
+        if len(y) == 0:
+            out.append(1.0)
+        elif task.kind == "binary":
+            p = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+            out.append(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
+        else:
+            out.append(float(y.var()))
+    return torch.tensor(out).clamp(min=1e-6)
+
+
+def selection_score(losses: torch.Tensor, w0: torch.Tensor, base: torch.Tensor, selection: str) -> float:
+    """Lower is better: the validation number early stopping and model selection follow."""
+    return float((w0 * (losses / base if selection == "normalized_loss" else losses)).sum())
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # sparse (b, S), dense (b, D), labels, masks (b, K)
+EpochHook = Callable[[int, dict], None]  # (epoch, its row of the history) after each epoch
 EpochBatches = Callable[[int, torch.Generator], Iterator[Batch]]  # (epoch, generator) -> this process's batches
 
 
@@ -161,19 +136,20 @@ def run_training(
     config: TrainConfig = TrainConfig(),
     model_config=None,
     log: Callable[[str], None] = print,
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Split, fit the dense statistics on the training split, encode, train, evaluate."""
     check_loss_weights(config, dataset.tasks)
     torch.manual_seed(config.seed)
     split_seed = config.split_seed if config.split_seed is not None else (dataset.seed or 0)
     train, val, test = dataset.split(seed=split_seed)
-    features = fit_features(train)
+    features = fit_features(train, config)
     transform = FeatureTransform(features)
     enc_train = encode(transform, train)
     rank, world = distributed_context(resolve_device(config.device))
     log(f"{family}: {len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")
     return fit(dataset, family, features, in_memory_batches(enc_train, train, config.batch_size, rank, world),
-               val, test, len(train), config, model_config, log)  # fmt: skip
+               val, test, len(train), config, model_config, log, on_epoch)  # fmt: skip
 
 
 def run_parquet_training(
@@ -184,6 +160,7 @@ def run_parquet_training(
     log: Callable[[str], None] = print,
     chunk_rows: int = 65_536,
     max_eval_rows: int = 200_000,
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Train from a Parquet file in the layout of training/data/stream.py, one chunk in memory at a time."""
     from training.data.stream import ParquetStream
@@ -191,7 +168,7 @@ def run_parquet_training(
     split_seed = config.split_seed if config.split_seed is not None else 0
     stream = ParquetStream(path, chunk_rows, split_seed, max_eval_rows)
     check_loss_weights(config, stream.tasks)  # the tasks come from the file's metadata: no pass yet
-    features, val, test, n_train = stream.prepare()
+    features, val, test, n_train = stream.prepare(config.numeric_encoding, config.numeric_bins)
     transform = FeatureTransform(features)
     rank, world = distributed_context(resolve_device(config.device))
     log(f"{family}: streaming {stream.n_rows} rows from {path} in chunks of {chunk_rows}: {n_train} train / "
@@ -205,7 +182,7 @@ def run_parquet_training(
 
     descriptor = dataclasses.replace(val, description=f"{val.description} (streamed from {Path(path).name})",
                                      fingerprint=stream.sha256(), source_rows=stream.n_rows)  # fmt: skip
-    return fit(descriptor, family, features, batches, val, test, n_train, config, model_config, log)
+    return fit(descriptor, family, features, batches, val, test, n_train, config, model_config, log, on_epoch)
 
 
 def fit(
@@ -219,26 +196,33 @@ def fit(
     config: TrainConfig,
     model_config=None,
     log: Callable[[str], None] = print,
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """The training loop proper, whatever feeds it (memory or a Parquet stream)."""
     torch.manual_seed(config.seed)
     transform = FeatureTransform(features)
     enc = {"val": encode(transform, val), "test": encode(transform, test)}
     device = resolve_device(config.device)
-    model = build_model(family, dataset.tasks, transform.cardinalities(), len(transform.dense), model_config).to(device)
+    model = build_model(family, dataset.tasks, transform.cardinalities(), transform.n_dense, model_config).to(device)
     rank, world = distributed_context(device)
     step_model: nn.Module = TrainingStep(model)
     if world > 1:
+        if config.task_balancing == "pcgrad":  # its per-task gradients would bypass DDP's all-reduce
+            raise ValueError("train.task_balancing = 'pcgrad' runs in one process only (not under torchrun)")
         step_model = data_parallel(step_model, device)
         log(f"rank {rank}/{world}: data-parallel, {config.batch_size} rows per process and step")
     log(f"{family}: {sum(p.numel() for p in model.parameters()):,} parameters, training on {device}")
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
+    balancer = TaskBalancer(config.task_balancing, dataset.tasks, torch.Generator().manual_seed(config.seed)).to(device)
+    params = list(model.parameters())
+    # AdamW: weight decay decoupled from the adaptive step (with weight_decay = 0 it is Adam).
+    optimizer = torch.optim.AdamW([*params, *balancer.parameters()], lr=config.lr, weight_decay=config.weight_decay)
     w0 = epoch_task_weights(dataset.tasks, 0, config.loss_w0, {})
+    base = base_rate_losses(val)
     penalty_weight = model.penalty_weight()  # sluice's subspace orthogonality; 0 for other families
     history: list[dict[str, float]] = []
-    best = (float("inf"), -1, None)  # validation loss, epoch, weights
+    best = (float("inf"), -1, None)  # selection score, epoch, weights
     start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
@@ -254,25 +238,27 @@ def fit(
             logits, subspaces = step_model(sparse, dense)
             # (K,); under torchrun this process's share of the global batch's masked mean, times world
             per_task = masked_task_losses(logits, labels, masks, dataset.tasks, loss_denominators(masks, world))
-            loss = (weights * per_task).sum()
-            if penalty_weight:
-                penalty = penalty_weight * subspace_orthogonality(subspaces)
-                loss = loss + penalty
-                penalty_total += penalty.detach()
-            value = loss.item()
+            penalty = penalty_weight * subspace_orthogonality(subspaces) if penalty_weight else None
+            value = float(balancer.total(weights * per_task).detach()) + (float(penalty) if penalty is not None else 0.0)
             if not math.isfinite(value):  # (under torchrun, the other processes are stopped with this one)
                 raise TrainingDiverged(f"training diverged: the loss is {value} at epoch {epoch + 1}, step "
                                        f"{steps + 1}; lower the learning rate (now {config.lr})")  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            balancer.backward(weights * per_task, params, penalty)
             optimizer.step()
+            if penalty is not None:
+                penalty_total += penalty.detach()
             total += per_task.detach()
             steps += 1
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         steps = max(steps, 1)
-        val_loss = validation_loss(model, enc["val"], val, w0)
+        val_losses = validation_losses(model, enc["val"], val)
+        val_loss = float((w0 * val_losses).sum())
+        score = selection_score(val_losses, w0, base, config.selection)
         val_metrics = task_metrics(predict(model, enc["val"].sparse_ids, enc["val"].dense), val.labels, val.masks, dataset.tasks)
-        history.append({"epoch": epoch, "val_loss": val_loss,
+        history.append({"epoch": epoch, "val_loss": val_loss, "val_score": score,
+                        "val_normalized_loss": float((val_losses / base).mean()), **balancer.describe(),
+                        **{f"val_loss_{t.name}": float(val_losses[k]) for k, t in enumerate(dataset.tasks)},
                         **{f"w_{t.name}": float(weights[k]) for k, t in enumerate(dataset.tasks)},
                         **{f"loss_{t.name}": float(total[k] / steps) for k, t in enumerate(dataset.tasks)},
                         **({"loss_orthogonality": float(penalty_total / steps)} if penalty_weight else {}),
@@ -280,10 +266,13 @@ def fit(
         summary = " ".join(f"{t}:{m.get('auc', m.get('mse', float('nan'))):.4f}" for t, m in val_metrics.items())
         log(f"epoch {epoch + 1}/{config.epochs}  loss {float(((weights * total).sum() + penalty_total) / steps):.4f}  "
             f"val loss {val_loss:.4f}  val {summary}")  # fmt: skip
-        if val_loss < best[0]:
-            best = (val_loss, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1])  # may stop the run (a tuner pruning a poor trial)
+        if score < best[0]:
+            best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
         elif config.patience and epoch - best[1] >= config.patience:
-            log(f"early stop: no better validation loss for {config.patience} epoch(s); keeping epoch {best[1] + 1}")
+            log(f"early stop: no better validation {config.selection} for {config.patience} epoch(s); "
+                f"keeping epoch {best[1] + 1}")  # fmt: skip
             break
     seconds = time.perf_counter() - start
     model.cpu()  # final metrics and the export run on the CPU, as the service's does
@@ -305,6 +294,7 @@ def fit(
         samples_per_second=len(history) * n_train / max(seconds, 1e-9),
         gates=gate_utilisation(model, enc["val"].sparse_ids, enc["val"].dense),
         best_epoch=best[1],
+        best_score=best[0],
         rows={"train": n_train, "validation": len(val), "test": len(test)},
         rank=rank,
         world_size=world,

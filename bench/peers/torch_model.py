@@ -27,7 +27,7 @@ def rebuild(version_dir: Path) -> torch.nn.Module:
     spec = ModelSpec.model_validate_json((Path(version_dir) / "model.json").read_bytes())
     hp = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.hyperparameters.items() if k != "family"}
     transform = FeatureTransform(spec.features)
-    model = build_model(spec.family, spec.tasks, transform.cardinalities(), len(transform.dense), PLEConfig(**hp))
+    model = build_model(spec.family, spec.tasks, transform.cardinalities(), transform.n_dense, PLEConfig(**hp))
     return model.eval()
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contract.features import pre_standardise
+from contract.features import fit_dense, pre_standardise
 from contract.modelspec import FeatureSpec, TaskSpec, sha256_file
 from training.data import Dataset
 
@@ -116,10 +116,12 @@ class ParquetStream:
     def _numpy(batch: pa.RecordBatch, name: str) -> np.ndarray:
         return batch.column(name).to_numpy(zero_copy_only=False)  # a copy where the column has nulls
 
-    def prepare(self) -> tuple[list[FeatureSpec], Dataset, Dataset, int]:
-        """One pass: dense statistics on the training rows; validation and test rows in memory."""
+    def prepare(self, encoding: str = "standard", bins: int = 16) -> tuple[list[FeatureSpec], Dataset, Dataset, int]:
+        """One pass: dense statistics on the training rows; validation and test rows in memory.
+        Quantile bins (encoding bins / piecewise) come from the first max_eval_rows training rows."""
         dense = [s for s in self.features if s.kind == "dense"]
         sums, squares = np.zeros(len(dense)), np.zeros(len(dense))
+        sample: dict[str, list[np.ndarray]] = {s.name: [] for s in dense}
         n_train = 0
         held: dict[int, list[Dataset]] = {1: [], 2: []}
         held_rows = {1: 0, 2: 0}
@@ -131,6 +133,8 @@ class ParquetStream:
                 x = pre_standardise(spec, np.where(np.isnan(raw), float(spec.default), raw))
                 sums[j] += x.sum()
                 squares[j] += (x * x).sum()
+                if encoding != "standard" and n_train - int(train.sum()) < self.max_eval_rows:
+                    sample[spec.name].append(raw)
             for part in (1, 2):
                 index = np.flatnonzero(split == part)[: max(self.max_eval_rows - held_rows[part], 0)]
                 if len(index):
@@ -138,8 +142,11 @@ class ParquetStream:
                     held_rows[part] += len(index)
         mean = sums / max(n_train, 1)
         std = np.sqrt(np.maximum(squares / max(n_train, 1) - mean * mean, 0.0))
-        fitted = {s.name: s.model_copy(update={"mean": float(m), "std": float(d) if d > 1e-6 else 1.0})
-                  for s, m, d in zip(dense, mean, std)}  # fmt: skip
+        fitted = {}
+        for s, m, d in zip(dense, mean, std):
+            if encoding != "standard":  # the bins from the sample; mean and std from the whole pass
+                s = fit_dense(s, np.concatenate(sample[s.name]), encoding, bins)
+            fitted[s.name] = s.model_copy(update={"mean": float(m), "std": float(d) if d > 1e-6 else 1.0})
         features = [fitted.get(s.name, s) for s in self.features]
         like = next(self.chunks())[1]
         return features, concat(held[1], like), concat(held[2], like), n_train

@@ -12,12 +12,12 @@ y1 and y2 rises with p.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from contract.modelspec import FeatureSpec, TaskSpec
 from training.data import Dataset
+from training.settings_types import STRICT
 
 TASKS = [
     TaskSpec(name="y1", kind="regression", label="task 1: w1.x + sinusoids + noise", output="y1"),
@@ -25,8 +25,10 @@ TASKS = [
 ]
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=STRICT)
 class SyntheticConfig:
+    """The generator's options ([data.synthetic] in a run's config); checked when made."""
+
     n: int = 20_000  # rows
     d: int = 100  # input dimension
     c: float = 1.0  # scale of the weight vectors

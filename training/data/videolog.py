@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from contract.modelspec import FeatureSpec, TaskSpec
 from training.data import Dataset
+from training.settings_types import STRICT
 
 CATEGORIES = [
     "music", "comedy", "gaming", "food", "travel", "sports", "news", "beauty",
@@ -63,8 +65,10 @@ TASKS = [
 DEFAULT_WEIGHTS = {"ctr": 1.0, "vtr": 1.0, "vcr": 0.6, "shr": 0.2, "cmr": 0.1}
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=STRICT)
 class VideoLogConfig:
+    """The generator's options ([data.videolog] in a run's config); checked when made."""
+
     n_users: int = 2000
     n_videos: int = 3000
     n_impressions: int = 200_000

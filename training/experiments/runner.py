@@ -64,7 +64,7 @@ class Outcome:
 
 @lru_cache(maxsize=4)
 def load_dataset(name: str, options: tuple):
-    from training.cli import load_data
+    from training.data.sets import load_data
 
     return load_data(name, dict(options), None)
 

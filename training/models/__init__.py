@@ -19,29 +19,31 @@ from torch import nn
 
 from contract.modelspec import TaskSpec
 from training.models import adatt, moe, ple, sharing, stitch
-from training.models.parts import FeatureEmbedding, Towers
+from training.models.parts import Body, FeatureEmbedding, StackedMLP, Towers
 from training.models.ple import PLEConfig
+from training.search_space import Space
 
 
 class Family(NamedTuple):
     config: Callable[[], Any]  # the default config
-    build: Callable[[int, int, Any], nn.Module]  # (d_in, n_tasks, config) -> body
+    build: Callable[[int, int, Any], Body]  # (d_in, n_tasks, config) -> body
+    search: Space  # what ranker-tune searches beside BASE_SEARCH (training/search_space.py)
 
 
 FAMILIES: dict[str, Family] = {
-    "ple": Family(PLEConfig, ple.build_ple),
-    "cgc": Family(lambda: PLEConfig(n_levels=1), ple.build_ple),
-    "ml-mmoe": Family(ple.MLMMoEConfig, ple.build_ml_mmoe),
-    "mmoe": Family(moe.MoEConfig, moe.build_mmoe),
-    "omoe": Family(moe.MoEConfig, moe.build_omoe),
-    "shared-bottom": Family(sharing.BottomConfig, sharing.build_shared_bottom),
-    "single-task": Family(sharing.BottomConfig, sharing.build_single_task),
-    "customized": Family(sharing.CustomizedConfig, sharing.build_customized),
-    "asymmetric": Family(sharing.BottomConfig, sharing.build_asymmetric),
-    "cross-stitch": Family(stitch.CrossStitchConfig, stitch.build_cross_stitch),
-    "sluice": Family(stitch.SluiceConfig, stitch.build_sluice),
-    "adatt": Family(adatt.AdaTTConfig, adatt.build_adatt),
-    "adatt-sp": Family(lambda: adatt.AdaTTConfig(n_shared_experts=2), adatt.build_adatt),
+    "ple": Family(PLEConfig, ple.build_ple, ple.PLE_SEARCH),
+    "cgc": Family(lambda: PLEConfig(n_levels=1), ple.build_ple, ple.CGC_SEARCH),
+    "ml-mmoe": Family(ple.MLMMoEConfig, ple.build_ml_mmoe, ple.ML_MMOE_SEARCH),
+    "mmoe": Family(moe.MoEConfig, moe.build_mmoe, moe.SEARCH),
+    "omoe": Family(moe.MoEConfig, moe.build_omoe, moe.SEARCH),
+    "shared-bottom": Family(sharing.BottomConfig, sharing.build_shared_bottom, sharing.BOTTOM_SEARCH),
+    "single-task": Family(sharing.BottomConfig, sharing.build_single_task, sharing.BOTTOM_SEARCH),
+    "customized": Family(sharing.CustomizedConfig, sharing.build_customized, sharing.CUSTOMIZED_SEARCH),
+    "asymmetric": Family(sharing.BottomConfig, sharing.build_asymmetric, sharing.BOTTOM_SEARCH),
+    "cross-stitch": Family(stitch.CrossStitchConfig, stitch.build_cross_stitch, stitch.CROSS_STITCH_SEARCH),
+    "sluice": Family(stitch.SluiceConfig, stitch.build_sluice, stitch.SLUICE_SEARCH),
+    "adatt": Family(adatt.AdaTTConfig, adatt.build_adatt, adatt.SEARCH),
+    "adatt-sp": Family(lambda: adatt.AdaTTConfig(n_shared_experts=2), adatt.build_adatt, adatt.SP_SEARCH),
 }
 
 
@@ -52,41 +54,15 @@ def default_config(family: str):
 
 
 def config_with(family: str, overrides: Mapping[str, Any], base=None):
-    """The family's config with fields replaced (lists become tuples); unknown fields are an error."""
+    """The family's config with fields replaced (TOML lists become tuples). The config dataclass
+    validates itself: a pydantic ValidationError (a ValueError) names a field of the wrong type or
+    range, or one the family does not have."""
     config = base or default_config(family)
     names = {f.name for f in dataclasses.fields(config)}
     unknown = set(overrides) - names
     if unknown:
         raise ValueError(f"{family} has no hyper-parameter(s) {sorted(unknown)}; it has {sorted(names)}")
-    config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    check_config(family, config)
-    return config
-
-
-MAY_BE_ZERO = {"n_shared_experts"}  # counts a family may do without
-MAY_BE_EMPTY = {"tower_hidden"}  # a tower may be a single linear layer
-
-
-def check_config(family: str, config) -> None:
-    """ValueError naming the first hyper-parameter of the wrong type or range (before any data is read)."""
-    for f in dataclasses.fields(config):
-        value, default = getattr(config, f.name), f.default
-        where = f"{family} hyper-parameter {f.name}={value!r}"
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{where}: must be true or false")
-        elif isinstance(default, int):
-            least = 0 if f.name in MAY_BE_ZERO else 1
-            if type(value) is not int or value < least:
-                raise ValueError(f"{where}: must be an integer >= {least}")
-        elif isinstance(default, float):
-            if type(value) not in (int, float) or not 0 <= value < float("inf"):
-                raise ValueError(f"{where}: must be a finite number >= 0")
-        elif isinstance(default, tuple):
-            if not isinstance(value, tuple) or any(type(v) is not int or v < 1 for v in value):
-                raise ValueError(f"{where}: must be a list of integers >= 1")
-            if not value and f.name not in MAY_BE_EMPTY:
-                raise ValueError(f"{where}: must not be empty")
+    return dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 def squashes(task: TaskSpec) -> bool:
@@ -108,25 +84,28 @@ class MultiTaskModel(nn.Module):
         self.config = config
         self.tasks = list(tasks)
         d_in = len(cardinalities) * config.embedding_dim + n_dense
-        self.body = FAMILIES[family].build(d_in, len(tasks), config)
-        copies = getattr(self.body, "embedding_copies", 1)
-        self.embedding = FeatureEmbedding(cardinalities, config.embedding_dim, n_dense, copies=copies)
+        self.body: Body = FAMILIES[family].build(d_in, len(tasks), config)
+        self.embedding = FeatureEmbedding(cardinalities, config.embedding_dim, n_dense, copies=self.body.embedding_copies)
         self.towers = Towers(len(tasks), self.body.out_dim, config.tower_hidden)
+        for mlp in self.body.modules():  # gates are single layers without an activation: never dropped
+            if isinstance(mlp, StackedMLP):
+                mlp.dropout = config.dropout
+        self.towers.mlp.dropout = config.tower_dropout
         self.register_buffer(
             "squash", torch.tensor([squashes(t) for t in tasks], dtype=torch.bool), persistent=False
         )
 
     @property
-    def levels(self) -> nn.ModuleList:
+    def levels(self) -> Sequence[nn.Module]:
         """The gated levels (empty for ungated families)."""
-        return getattr(self.body, "levels", nn.ModuleList())
+        return self.body.gated_levels()
 
     def hyperparameters(self) -> dict:
         return {"family": self.family, **dataclasses.asdict(self.config)}
 
     def gate_shapes(self) -> list[tuple[int, int]]:
         """(gates, experts) of each gated level."""
-        return self.body.gate_shapes() if hasattr(self.body, "gate_shapes") else []
+        return self.body.gate_shapes()
 
     def gate_labels(self, level: int) -> list[str]:
         """What each gate of a level mixes for: a task's name, 'shared', or 'all' (OMoE's one gate)."""
@@ -157,11 +136,7 @@ class MultiTaskModel(nn.Module):
         """(K, B) logits and what the training penalties read: each sluice layer's subspaces
         (K, B, S, w/S), empty for the other families. Only the trainer calls this, so nothing of
         the penalty reaches the exported graph."""
-        x = self.embedding(sparse_ids, dense)
-        if hasattr(self.body, "with_subspaces"):
-            h, subspaces = self.body.with_subspaces(x)
-        else:
-            (h, _), subspaces = self.body(x), []
+        h, subspaces = self.body.with_subspaces(self.embedding(sparse_ids, dense))
         return self.towers(h), subspaces  # (K, B), [(K, B, S, w/S)]
 
     def penalty_weight(self) -> float:

@@ -12,21 +12,29 @@ output. Expert unit k reads task k's previous-level output; the shared unit the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 from torch import nn
 
-from training.models.parts import BaseConfig, GatedBody
+from training.models.parts import EXPERT_SIZES, BaseConfig, GatedBody
 from training.models.ple import gated_level
+from training.search_space import Int, Space
+from training.settings_types import STRICT, Count, Sizes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class AdaTTConfig(BaseConfig):
-    n_levels: int = 2
-    n_task_experts: int = 2
-    n_shared_experts: int = 0  # adatt-sp: > 0
-    expert_hidden: tuple[int, ...] = (128, 64)
+    n_levels: Count = 2
+    n_task_experts: Count = 2
+    n_shared_experts: Annotated[int, Field(ge=0)] = 0  # adatt-sp: > 0
+    expert_hidden: Sizes = (128, 64)
+
+
+SEARCH: Space = {"n_levels": Int(1, 3), "n_task_experts": Int(1, 4), "expert_hidden": EXPERT_SIZES}
+SP_SEARCH: Space = {**SEARCH, "n_shared_experts": Int(1, 4)}
 
 
 class AdaTTLevel(nn.Module):

@@ -6,15 +6,20 @@ OMoE: the same experts with a single gate; its one mixture feeds every task's to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic.dataclasses import dataclass
 
-from training.models.parts import BaseConfig, ExtractionLevel, GatedBody
+from training.models.parts import EXPERT_SIZES, BaseConfig, ExtractionLevel, GatedBody
+from training.search_space import Int, Space
+from training.settings_types import STRICT, Count, Sizes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class MoEConfig(BaseConfig):
-    n_experts: int = 4
-    expert_hidden: tuple[int, ...] = (128, 64)
+    n_experts: Count = 4
+    expert_hidden: Sizes = (128, 64)
+
+
+SEARCH: Space = {"n_experts": Int(2, 8), "expert_hidden": EXPERT_SIZES}
 
 
 def build_mmoe(d_in: int, n_tasks: int, config: MoEConfig) -> GatedBody:

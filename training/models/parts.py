@@ -2,28 +2,47 @@
 
 Experts, gates and towers are *stacked*: the n members of a group hold one weight tensor
 (n, d_in, d_out) and run as one batched MatMul over the member axis. That exports to a handful of
-ONNX nodes instead of one chain per expert, which ../shared/PERF-NOTES.md measured 1.3-2.8x faster
-on ONNX Runtime's CPU provider and ~4x faster on CUDA. Shapes are written beside the code:
+ONNX nodes instead of one chain per expert, which the project's performance notes measured 1.3-2.8x
+faster on ONNX Runtime's CPU provider and ~4x faster on CUDA (docs/performance.md). Shapes are written beside the code:
 B = batch, E = experts, G = gates, K = tasks, C = embedding copies.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
+from pydantic.dataclasses import dataclass
 from torch import nn
 
+# Hyper-parameters are checked when a config is made (from code, a TOML file or --set).
+from training.search_space import Choice, Float, Space
+from training.settings_types import STRICT, Count, Rate
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=STRICT)
 class BaseConfig:
     """Hyper-parameters every family has; each family's config adds its own."""
 
-    embedding_dim: int = 8
-    tower_hidden: tuple[int, ...] = (32,)
+    embedding_dim: Count = 8
+    tower_hidden: tuple[Count, ...] = (32,)  # may be empty: a tower of one linear layer
     gate_outputs: bool = False  # export each gated level's weights as an extra ONNX output
+    # Dropout after every hidden activation of the body's MLPs (experts, bottoms, columns) and of
+    # the towers; training only (the exported graph, in eval mode, has none).
+    dropout: Rate = 0.0
+    tower_dropout: Rate = 0.0
+
+
+# What ranker-tune searches for every family (each family adds its own sizes and counts).
+BASE_SEARCH: Space = {
+    "embedding_dim": Choice((4, 8, 16)),
+    "tower_hidden": Choice(((), (16,), (32,), (64,))),
+    "dropout": Float(0.0, 0.4),
+    "tower_dropout": Float(0.0, 0.4),
+}
+EXPERT_SIZES = Choice(((32,), (64,), (128,), (64, 32), (128, 64), (256, 128)))  # experts, bottoms, columns
 
 
 class FeatureEmbedding(nn.Module):
@@ -61,6 +80,7 @@ class StackedMLP(nn.Module):
         super().__init__()
         self.n = n
         self.final_activation = final_activation
+        self.dropout = 0.0  # after each activation, in training; set by the model (MultiTaskModel)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for d_out in sizes:
@@ -76,6 +96,8 @@ class StackedMLP(nn.Module):
             x = torch.matmul(x, w) + b  # (n, B, d_out)
             if i < last or self.final_activation:
                 x = torch.relu(x)
+                if self.dropout:
+                    x = F.dropout(x, self.dropout, self.training)
         return x
 
 
@@ -134,7 +156,36 @@ class ExtractionLevel(nn.Module):
         return mixed.transpose(0, 1), weights  # (G, B, h), (G, B, E)
 
 
-class GatedBody(nn.Module):
+class Body(nn.Module):
+    """The interface of every family's body, the part between the embedding and the towers.
+
+    forward: (C, B, d) embedded input -> (K or 1, B, out_dim) tower inputs, and a list with each
+    gated level's weights (G, B, E) (empty for ungated families). The defaults below fit most
+    families; a body overrides what it has: `embedding_copies` (single-task: C own tables),
+    `gated_levels` / `gate_shapes` (gated families), `with_subspaces` (sluice's training penalty).
+    A base class rather than a typing.Protocol, so that these defaults live in one place.
+    """
+
+    out_dim: int
+    embedding_copies: int = 1
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        raise NotImplementedError
+
+    def gated_levels(self) -> Sequence[nn.Module]:
+        """The levels whose gates export as `gates_<j>` (each has a (G, E) `gate_mask`)."""
+        return ()
+
+    def gate_shapes(self) -> list[tuple[int, int]]:
+        """(gates, experts) per gated level, for the extra ONNX outputs."""
+        return [tuple(level.gate_mask.shape) for level in self.gated_levels()]
+
+    def with_subspaces(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Tower inputs and what a training penalty reads (sluice's subspaces); none by default."""
+        return self(x)[0], []
+
+
+class GatedBody(Body):
     """Extraction levels in a chain: level j's G outputs are level j+1's input slots.
 
     forward: (1, B, d) -> (G_last, B, h) for the towers, and each level's gate weights (G, B, E).
@@ -152,9 +203,8 @@ class GatedBody(nn.Module):
             gates.append(weights)
         return x, gates
 
-    def gate_shapes(self) -> list[tuple[int, int]]:
-        """(gates, experts) per level, for the extra ONNX outputs."""
-        return [tuple(level.gate_mask.shape) for level in self.levels]
+    def gated_levels(self) -> Sequence[nn.Module]:
+        return self.levels
 
 
 class Towers(nn.Module):

@@ -11,25 +11,34 @@ every expert is shared, fed by the previous level's shared mixture, and every ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Annotated, Sequence
 
-from training.models.parts import BaseConfig, ExtractionLevel, GatedBody
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from training.models.parts import EXPERT_SIZES, BaseConfig, ExtractionLevel, GatedBody
+from training.search_space import Int, Space
+from training.settings_types import STRICT, Count, Sizes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class PLEConfig(BaseConfig):
-    n_levels: int = 2
-    n_task_experts: int = 2
-    n_shared_experts: int = 2
-    expert_hidden: tuple[int, ...] = (128, 64)
+    n_levels: Count = 2
+    n_task_experts: Count = 2
+    n_shared_experts: Annotated[int, Field(ge=0)] = 2
+    expert_hidden: Sizes = (128, 64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class MLMMoEConfig(BaseConfig):
-    n_levels: int = 2
-    n_experts: int = 4
-    expert_hidden: tuple[int, ...] = (128, 64)
+    n_levels: Count = 2
+    n_experts: Count = 4
+    expert_hidden: Sizes = (128, 64)
+
+
+CGC_SEARCH: Space = {"n_task_experts": Int(1, 4), "n_shared_experts": Int(1, 4), "expert_hidden": EXPERT_SIZES}
+PLE_SEARCH: Space = {"n_levels": Int(1, 3), **CGC_SEARCH}
+ML_MMOE_SEARCH: Space = {"n_levels": Int(1, 3), "n_experts": Int(2, 8), "expert_hidden": EXPERT_SIZES}
 
 
 def gated_level(d_in: int, n_tasks: int, n_task: int, n_shared: int, hidden: Sequence[int], last: bool,

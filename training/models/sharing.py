@@ -13,26 +13,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import nn
+from pydantic.dataclasses import dataclass
 
-from training.models.parts import BaseConfig, StackedMLP, mix_members
+from training.models.parts import EXPERT_SIZES, BaseConfig, Body, StackedMLP, mix_members
+from training.search_space import Choice, Space
+from training.settings_types import STRICT, Sizes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class BottomConfig(BaseConfig):
-    bottom_hidden: tuple[int, ...] = (128, 64)
+    bottom_hidden: Sizes = (128, 64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class CustomizedConfig(BaseConfig):
-    shared_hidden: tuple[int, ...] = (128, 64)
-    task_hidden: tuple[int, ...] = (64, 32)
+    shared_hidden: Sizes = (128, 64)
+    task_hidden: Sizes = (64, 32)
 
 
-class Bottoms(nn.Module):
+BOTTOM_SEARCH: Space = {"bottom_hidden": Choice(((64,), (128,), (128, 64), (256, 128), (512, 256)))}
+CUSTOMIZED_SEARCH: Space = {"shared_hidden": EXPERT_SIZES, "task_hidden": EXPERT_SIZES}
+
+
+class Bottoms(Body):
     """n stacked bottoms: (C, B, d) -> (n, B, h). n = 1 is a shared bottom."""
 
     def __init__(self, n: int, d_in: int, hidden, embedding_copies: int = 1):
@@ -45,7 +49,7 @@ class Bottoms(nn.Module):
         return self.mlp(x), []
 
 
-class Customized(nn.Module):
+class Customized(Body):
     """(1, B, d) -> (K, B, h_shared + h_task)."""
 
     def __init__(self, d_in: int, n_tasks: int, config: CustomizedConfig):
@@ -66,7 +70,7 @@ def earlier_tasks_matrix(n_tasks: int) -> torch.Tensor:
     return lower / lower.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
-class Asymmetric(nn.Module):
+class Asymmetric(Body):
     """(1, B, d) -> (K, B, 2h): [own bottom, mean of earlier tasks' bottoms]."""
 
     def __init__(self, d_in: int, n_tasks: int, config: BottomConfig):

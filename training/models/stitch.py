@@ -13,27 +13,36 @@ through learned linear mixing, not input-dependent gates:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 from torch import nn
 
-from training.models.parts import BaseConfig, StackedMLP, mix_members
+from training.models.parts import EXPERT_SIZES, BaseConfig, Body, StackedMLP, mix_members
+from training.search_space import Choice, Float, Int, Space
+from training.settings_types import STRICT, Count, Sizes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class CrossStitchConfig(BaseConfig):
-    hidden: tuple[int, ...] = (128, 64)
+    hidden: Sizes = (128, 64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class SluiceConfig(BaseConfig):
-    n_layers: int = 2
-    width: int = 64
-    n_subspaces: int = 2
+    n_layers: Count = 2
+    width: Count = 64
+    n_subspaces: Count = 2
     # Weight of the subspace orthogonality penalty in the training loss (0: off). The authors'
     # code leaves it off by default; 0.01 keeps it small beside the task losses (all O(1)).
-    orthogonality_weight: float = 0.01
+    orthogonality_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.01
+
+
+CROSS_STITCH_SEARCH: Space = {"hidden": EXPERT_SIZES}
+SLUICE_SEARCH: Space = {"n_layers": Int(1, 3), "width": Choice((32, 64, 128)), "n_subspaces": Choice((1, 2, 4)),
+                        "orthogonality_weight": Float(1e-4, 0.1, log=True)}  # fmt: skip
 
 
 def stitch_init(n: int, self_weight: float = 0.9) -> torch.Tensor:
@@ -44,7 +53,7 @@ def stitch_init(n: int, self_weight: float = 0.9) -> torch.Tensor:
     return torch.full((n, n), off) + (self_weight - off) * torch.eye(n)
 
 
-class CrossStitch(nn.Module):
+class CrossStitch(Body):
     """(1, B, d) -> (K, B, hidden[-1])."""
 
     def __init__(self, d_in: int, n_tasks: int, config: CrossStitchConfig):
@@ -63,7 +72,7 @@ class CrossStitch(nn.Module):
         return x, []
 
 
-class Sluice(nn.Module):
+class Sluice(Body):
     """(1, B, d) -> (K, B, width)."""
 
     def __init__(self, d_in: int, n_tasks: int, config: SluiceConfig):
