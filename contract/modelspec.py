@@ -194,6 +194,7 @@ class ModelSpec(_Strict):
             tasks=frozenset((t.name, t.kind, t.output) for t in self.tasks),
             outputs=frozenset((o.name, o.dtype, tuple(o.shape)) for o in self.outputs),
             features=frozenset((f.name, f.kind, f.source) for f in self.features),
+            inputs=frozenset((i.name, i.dtype, tuple(i.shape)) for i in self.inputs),
         )
 
 
@@ -202,20 +203,22 @@ class Interface:
     """A model version's interface, as requests and clients see it.
 
     tasks: (name, kind, output tensor); outputs: (tensor name, dtype, shape); features: (name,
-    kind, source), i.e. what a request or the feature store must provide. Fitted statistics,
-    vocabularies, hash buckets, default weights and hyper-parameters are not part of it: a
-    retrained model changes those and still serves the same requests. A part left None is not
+    kind, source), i.e. what a request or the feature store must provide; inputs: the tensors a
+    KServe v2 client sends (their widths follow the features and their encodings). Fitted
+    statistics, vocabularies, hash buckets, default weights and hyper-parameters are not part of
+    it: a retrained model changes those and still serves the same requests. A part left None is not
     known yet (ranker-train knows the tasks before it reads any data) and is not compared.
     """
 
     tasks: frozenset[tuple[str, str, str]] | None = None
     outputs: frozenset[tuple[str, str, tuple[int, ...]]] | None = None
     features: frozenset[tuple[str, str, str]] | None = None
+    inputs: frozenset[tuple[str, str, tuple[int, ...]]] | None = None
 
     def difference(self, other: "Interface") -> str | None:
         """None when the two agree on every part both know; else one line: what `other` changes."""
         changes = []
-        for part, what in (("tasks", "task"), ("features", "feature"), ("outputs", "output")):
+        for part, what in (("tasks", "task"), ("features", "feature"), ("outputs", "output"), ("inputs", "input")):
             mine, theirs = getattr(self, part), getattr(other, part)
             if mine is None or theirs is None or mine == theirs:
                 continue

@@ -47,6 +47,10 @@ def test_the_interface_ignores_what_retraining_changes_and_names_what_differs(re
     moved = spec.model_copy(update={"features": [f.model_copy(update={"source": "context"}) if i == 0 else f
                                                  for i, f in enumerate(spec.features)]})  # fmt: skip
     assert "features" in spec.interface().difference(moved.interface())
+    # A KServe v2 client sends the input tensors: a wider one (another encoding of a number) is a change too.
+    wider = spec.model_copy(update={"inputs": [i.model_copy(update={"shape": [-1, i.shape[1] + 3]}) if i.name == "dense"
+                                               else i for i in spec.inputs]})  # fmt: skip
+    assert "inputs" in spec.interface().difference(wider.interface())
 
 
 def test_the_watcher_never_routes_to_another_interface_and_keeps_the_split(repo):
