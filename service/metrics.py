@@ -50,10 +50,11 @@ class Metrics:
         # "bad_message"), its listener restarted ("listener_error"), keys lost and put back ("keys_restored").
         self.control_events = Counter("ranker_control_events_total", "control plane problems seen and handled",
                                       ["event"], registry=r)  # fmt: skip
-        # Versions loaded whose interface (contract.modelspec.Interface) differs from the serving
-        # version's: the watcher never routes to them; an admin may, with allow_interface_change.
+        # Versions whose interface (contract.modelspec.Interface) differs from the serving version's,
+        # counted when loaded or passed over at start-up: the watcher never routes to them; an admin
+        # may, with allow_interface_change.
         self.incompatible_versions = Counter("ranker_incompatible_versions_total",
-                                             "versions loaded with another interface than the serving version",
+                                             "versions loaded or passed over with another interface than the serving one",
                                              ["model"], registry=r)  # fmt: skip
         self.model_swaps = Counter("ranker_model_swaps_total", "changes of the serving version or split",
                                    ["model"], registry=r)  # fmt: skip
