@@ -43,5 +43,5 @@ EXPOSE 8000
 # Ready = a model is loaded, checked and warmed up. Python's urllib, so the image needs no curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health/ready', timeout=2)"]
-# One uvicorn worker per container (see README, Monitoring): scale with replicas.
+# One uvicorn worker per container (docs/monitoring.md): scale with replicas.
 CMD ["ranker-serve"]

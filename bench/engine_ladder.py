@@ -6,8 +6,8 @@ onnxruntime build has CUDA: plain run with padding, IO binding, IO binding + CUD
 
 Runs service.engine.InferenceEngine exactly as the service builds it (buckets from the settings'
 defaults), on random encoded rows of the model's own feature schema; prints a table and writes
-bench/results/engine_ladder_<cpu|cuda>.json. On the GPU machine, run it after staging the CUDA
-build of onnxruntime (../shared/tools/ort-gpu): the ratio "CUDA best / CPU plain" at 1,000
+bench/results/engine_ladder_<cpu|cuda>.json. On a GPU machine, run it with a CUDA build of
+onnxruntime installed (onnxruntime-gpu, the `[gpu]` extra; docs/deployment.md): the ratio "CUDA best / CPU plain" at 1,000
 candidates is issue #8's GPU target (>= 5x).
 """
 

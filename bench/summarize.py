@@ -1,4 +1,4 @@
-"""Markdown tables from bench/results/*.json, for README.md's Performance section.
+"""Markdown tables from bench/results/*.json, for docs/performance.md.
 
     python bench/summarize.py
 """

@@ -1,6 +1,6 @@
 """ONNX Runtime session for one model version: provider choice, padding buckets, IO binding, warm-up.
 
-On CUDA a ranking model of this size is launch-bound (../shared/PERF-NOTES.md): time barely moves
+On CUDA a ranking model of this size is launch-bound (docs/performance.md): time barely moves
 from 1 to 1,000 candidates, so what counts is per-call overhead. There, batches are padded up to a
 few bucket sizes, and each bucket gets its inputs and outputs allocated once on the device and
 bound (IO binding): a request copies its rows in and its outputs out, and allocates nothing. The

@@ -16,11 +16,25 @@ from pathlib import Path
 
 import pytest
 
-from training.data import Dataset, videolog
+from training.data import Dataset, data_root, videolog
+from training.data.files import FULL_FILES
 from training.data.stream import write_parquet
 from training.export import write_version
 from training.models.ple import PLEConfig
 from training.train import TrainConfig, TrainResult, run_training
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked full_data run where the full data files are (data_root: $RANKER_DATA_DIR, else
+    <repo>/../shared/data) and skip, saying why, where any is missing; the rest use datasets/samples/."""
+    if item.get_closest_marker("full_data") is None:
+        return
+    root = data_root()
+    missing = [f.path for f in FULL_FILES if "LICENSE" not in f.path and not (root / f.path).is_file()]
+    if missing:
+        pytest.skip(f"full data files absent from {root} ({', '.join(missing)}): fetch them with "
+                    f"`bash scripts/fetch-data.sh` or set RANKER_DATA_DIR (docs/data.md)")  # fmt: skip
+
 
 SMALL_PLE = PLEConfig(n_levels=2, n_task_experts=2, n_shared_experts=2, expert_hidden=(32, 16), tower_hidden=(8,))
 

@@ -32,7 +32,7 @@ def request(n=100, **extra):
 
 
 def reference_scores(items, weights, transform, lengths, eps):
-    """The DESIGN.md formula on the per-task values the service returned."""
+    """The ranking formula (docs/api.md) on the per-task values the service returned."""
     out = []
     for item in items:
         s = math.exp(log_video_len_factor(transform, np.array([lengths[item["id"]]]))[0])

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from contract.features import FeatureTransform
-from training.data import census, data_root, kuairand, synthetic, videolog
+from training.data import SAMPLES, census, data_root, kuairand, synthetic, videolog
 
 
 @pytest.mark.parametrize("p", [-0.8, 0.0, 0.3, 0.9, 1.0])
@@ -34,23 +34,37 @@ def test_synthetic_is_seeded_and_shaped_as_configured():
 
 @pytest.fixture(scope="module")
 def census_data():
-    return census.load()
+    return census.load(sample=True)  # datasets/samples/: 5,000 rows, stratified by both labels
 
 
-def test_census_has_the_files_rows_two_tasks_and_a_stratified_60_20_20_split(census_data):
-    assert len(census_data) == 99_762
-    assert [t.name for t in census_data.tasks] == ["income", "never_married"]
-    rates = census_data.labels.mean(axis=0)
-    assert rates[0] == pytest.approx(0.062, abs=0.001) and rates[1] == pytest.approx(0.432, abs=0.001)
-    parts = census_data.split(seed=census.SPLIT_SEED)
-    assert [len(p) for p in parts] == [59_858, 19_953, 19_951]
+def check_stratified_split(data, sizes, atol):
+    rates = data.labels.mean(axis=0)
+    parts = data.split(seed=census.SPLIT_SEED)
+    assert [len(p) for p in parts] == sizes
     for part in parts:  # stratified: every part keeps both label rates (and their combination)
-        np.testing.assert_allclose(part.labels.mean(axis=0), rates, atol=2e-4)
+        np.testing.assert_allclose(part.labels.mean(axis=0), rates, atol=atol)
         both = (part.labels[:, 0] * part.labels[:, 1]).mean()
-        assert both == pytest.approx((census_data.labels[:, 0] * census_data.labels[:, 1]).mean(), abs=2e-4)
-    again = census_data.split(seed=census.SPLIT_SEED)
+        assert both == pytest.approx((data.labels[:, 0] * data.labels[:, 1]).mean(), abs=atol)
+    again = data.split(seed=census.SPLIT_SEED)
     np.testing.assert_array_equal(again[2].labels, parts[2].labels)
     np.testing.assert_array_equal(again[2].columns["age"], parts[2].columns["age"])
+
+
+def test_census_has_two_tasks_and_a_stratified_60_20_20_split(census_data):
+    assert len(census_data) == 5_000
+    assert [t.name for t in census_data.tasks] == ["income", "never_married"]
+    rates = census_data.labels.mean(axis=0)  # the sample keeps the full file's rates (0.062, 0.432)
+    assert rates[0] == pytest.approx(0.062, abs=0.001) and rates[1] == pytest.approx(0.432, abs=0.001)
+    check_stratified_split(census_data, [3_000, 1_000, 1_000], atol=1.5e-3)
+
+
+@pytest.mark.full_data
+def test_census_full_file_has_its_rows_rates_and_split():
+    data = census.load()
+    assert len(data) == 99_762
+    rates = data.labels.mean(axis=0)
+    assert rates[0] == pytest.approx(0.062, abs=0.001) and rates[1] == pytest.approx(0.432, abs=0.001)
+    check_stratified_split(data, [59_858, 19_953, 19_951], atol=2e-4)
 
 
 def test_census_inputs_exclude_the_label_columns_and_missing_values_take_the_default(census_data):
@@ -66,22 +80,22 @@ def test_census_inputs_exclude_the_label_columns_and_missing_values_take_the_def
 
 
 def test_census_reads_a_slice_for_fast_runs():
-    assert len(census.load(nrows=500)) == 500
+    assert len(census.load(sample=True, nrows=500)) == 500
 
 
 @pytest.fixture(scope="module")
 def kuairand_data():
-    return kuairand.load()
+    return kuairand.load(sample=True)  # datasets/samples/: 5,000 impressions and their users' rows
 
 
 def test_kuairand_rows_label_rates_and_completion_mask(kuairand_data):
     data = kuairand_data
-    assert len(data) == 41_828
+    assert len(data) == 5_000
     assert [t.name for t in data.tasks] == ["click", "long_view", "completion", "share", "comment"]
-    rates = data.labels.mean(axis=0)
-    assert rates[0] == pytest.approx(0.657, abs=0.001) and rates[3] == pytest.approx(0.0078, abs=0.0002)
-    # completion exists only where the duration is known (18.5 % of rows have duration 0)
-    assert data.masks[:, 2].mean() == pytest.approx(1 - 0.185, abs=0.001)
+    rates = data.labels.mean(axis=0)  # the sample keeps the full file's rates (stratified by the binary labels)
+    assert rates[0] == pytest.approx(0.657, abs=0.001) and rates[3] == pytest.approx(0.0078, abs=0.0003)
+    # completion exists only where the duration is known (82.1 % of the sample's rows, 81.5 % of the file's)
+    assert data.masks[:, 2].mean() == pytest.approx(0.8206, abs=0.0001)
     assert np.isnan(data.columns["video_len"][~data.masks[:, 2]]).all()
     completion = data.labels[data.masks[:, 2], 2]
     assert completion.min() >= 0.0 and completion.max() <= 1.0
@@ -91,10 +105,24 @@ def test_kuairand_rows_label_rates_and_completion_mask(kuairand_data):
     assert data.video_len_column == "video_len"
 
 
+@pytest.mark.full_data
+def test_kuairand_full_file_rows_rates_and_the_video_table_it_does_not_join():
+    data = kuairand.load()
+    assert len(data) == 41_828
+    rates = data.labels.mean(axis=0)
+    assert rates[0] == pytest.approx(0.657, abs=0.001) and rates[3] == pytest.approx(0.0078, abs=0.0002)
+    assert data.masks[:, 2].mean() == pytest.approx(1 - 0.185, abs=0.001)  # duration 0 in 18.5 % of rows
+    assert all(v is not None for v in data.columns["user_active_degree"])
+    # the basic video table covers too few of the log's videos to join (documented in the loader)
+    videos = pd.read_csv(data_root() / kuairand.DIRECTORY / "video_features_basic_pure.csv", usecols=["video_id"])
+    assert np.isin(np.unique(data.columns["video_id"].astype(int)), videos["video_id"]).sum() == 113
+
+
 def test_kuairand_joins_every_user_feature_row_by_row_through_the_schema(kuairand_data):
-    data, folder = kuairand_data, data_root() / kuairand.DIRECTORY
+    data, folder = kuairand_data, SAMPLES / kuairand.DIRECTORY
     users = pd.read_csv(folder / kuairand.USER_FILE).set_index("user_id")
     assert set(kuairand.USER_SPARSE) | set(kuairand.USER_DENSE) == set(users.columns)  # every column joined
+    assert set(users.index) == set(data.columns["user_id"].astype(int))  # the sample's table: exactly its users
     specs = {f.name: f for f in data.features}
     for name in kuairand.USER_SPARSE:  # categorical: a vocabulary of the log's values, or hashed when wide
         assert specs[name].kind == "sparse" and specs[name].source == "user"
@@ -114,22 +142,38 @@ def test_kuairand_joins_every_user_feature_row_by_row_through_the_schema(kuairan
     names = [f.name for f in data.features if f.kind == "sparse"]
     for name in ("user_active_degree", "onehot_feat1", "register_days_range"):
         assert (enc.sparse_ids[:, names.index(name)] > 0).all()
-    # the basic video table covers too few of the log's videos to join (documented in the loader)
-    videos = pd.read_csv(folder / "video_features_basic_pure.csv", usecols=["video_id"])
-    assert np.isin(np.unique(data.columns["video_id"].astype(int)), videos["video_id"]).sum() == 113
-    assert not {"author_id", "video_type", "music_id"} & set(data.columns)
+    assert not {"author_id", "video_type", "music_id"} & set(data.columns)  # the video table is not joined
 
 
-def test_data_root_follows_the_environment_variable(monkeypatch, tmp_path):
-    assert data_root().name == "data" and data_root().parent.name == "shared"
+def test_data_root_follows_the_flag_then_the_environment_variable(monkeypatch, tmp_path):
+    monkeypatch.delenv("RANKER_DATA_DIR", raising=False)
+    assert data_root().name == "data" and data_root().parent.name == "shared"  # <repo>/../shared/data
     monkeypatch.setenv("RANKER_DATA_DIR", str(tmp_path))
     assert data_root() == tmp_path
     assert data_root("/elsewhere") == data_root("/elsewhere")
 
 
 def test_kuairand_reads_a_slice_from_a_given_folder():
-    data = kuairand.load(data_root() / kuairand.DIRECTORY, nrows=300)
+    data = kuairand.load(SAMPLES / kuairand.DIRECTORY, nrows=300)
     assert len(data) == 300 and data.labels.shape == (300, 5)
+
+
+def test_the_samples_folder_is_a_data_folder_the_loaders_read_as_they_read_the_full_one():
+    assert census.load(SAMPLES / census.FILE).sha256() == census.load(sample=True).sha256()
+    assert kuairand.load(SAMPLES / kuairand.DIRECTORY).sha256() == kuairand.load(sample=True).sha256()
+    assert "repository sample" in census.load(sample=True, nrows=10).description
+
+
+@pytest.mark.parametrize("loader, name", [(census.load, "census"), (kuairand.load, "kuairand")])
+def test_a_missing_full_file_names_the_fetch_script_the_data_folder_and_the_sample(loader, name, tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        loader(tmp_path / "nowhere")
+    message = str(error.value)
+    for says in (str(tmp_path / "nowhere"), "bash scripts/fetch-data.sh", "--data-dir", "RANKER_DATA_DIR",
+                 f"--set data.{name}.sample=true", "datasets/samples/"):  # fmt: skip
+        assert says in message, says
+    with pytest.raises(ValueError, match="true or false"):
+        loader(sample="yes")
 
 
 def test_videolog_task_correlation_knob_raises_label_correlation():

@@ -29,6 +29,8 @@ def quick_report(tmp_path_factory):
 
 def test_all_six_experiments_land_in_one_report_with_their_figures(quick_report):
     report = (quick_report / "experiments.md").read_text()
+    # --quick reads the committed samples: it runs on a clone without the full data files
+    assert "census_income_kdd in datasets/samples/" in report and "tsv in datasets/samples/" in report
     for n, name in enumerate(EXPERIMENTS, start=1):
         assert f"## {n}. " in report
         assert f"python -m training.experiments {name} --quick" in report
@@ -111,3 +113,16 @@ def test_the_command_refuses_a_bad_out_or_threads_in_one_line_and_reports_into_a
         assert exit_.value.code == 2 and "error: --" in capsys.readouterr().err
     assert main(["report", "--out", str(tmp_path / "new" / "reports")]) == 0
     assert (tmp_path / "new" / "reports" / "experiments.md").is_file()
+
+
+def test_paired_comparisons_separate_a_steady_gain_from_noise():
+    from training.experiments.stats import paired
+
+    steady = paired([0.951, 0.952, 0.950, 0.953, 0.951], [0.949, 0.950, 0.948, 0.951, 0.949])  # +0.002 every seed
+    assert steady.mean == pytest.approx(0.002) and steady.wins == 5 and steady.verdict() == "better"
+    assert steady.low > 0 and steady.p_value < 0.001
+    noisy = paired([0.951, 0.947, 0.953, 0.946, 0.950], [0.949, 0.950, 0.948, 0.951, 0.949])
+    assert noisy.verdict() == "no significant difference" and noisy.low < 0 < noisy.high
+    assert paired([1.0, 2.0], [2.0, 4.0]).verdict() == "no significant difference"  # 2 seeds: too few to say
+    with pytest.raises(ValueError):
+        paired([1.0], [2.0])

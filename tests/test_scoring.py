@@ -8,7 +8,7 @@ TRANSFORMS = [NoneTransform(), LogTransform(tau=45.0), SigmoidTransform(mu=20.0,
 
 
 def reference_f(transform, length):
-    """f(video_len) written directly from DESIGN.md, not in log space."""
+    """f(video_len) written directly from its definition (docs/api.md), not in log space."""
     if transform.kind == "none":
         return np.ones_like(length)
     if transform.kind == "log":

@@ -1,7 +1,7 @@
 """The CI variant of bench/swap_under_load.py: a few swaps under a small fixed request rate.
 
 The long run (~80 % of measured capacity, 100 swaps) is the same script with other flags; its
-figures are in bench/results/swap_under_load_80pct.json (README, Reliability).
+figures are in bench/results/swap_under_load_80pct.json (docs/reliability.md).
 """
 
 import json

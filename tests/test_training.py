@@ -196,9 +196,10 @@ d = 6
     ("kuairand", "adatt-sp", "expert_hidden=[16]"),
     ("kuairand", "customized", "task_hidden=[8]"),
 ])  # fmt: skip
-def test_families_train_on_a_real_data_slice_and_export(data, family, size, tmp_path, capsys):
+def test_families_train_on_a_real_data_sample_and_export(data, family, size, tmp_path, capsys):
     code, stdout, err = run_cli(["--data", data, "--model", family, "--epochs", "2", "--batch-size", "128",
-                                 "--set", f"data.{data}.nrows=4000", "--set", "model.embedding_dim=4",
+                                 "--set", f"data.{data}.nrows=4000", "--set", f"data.{data}.sample=true",
+                                 "--set", "model.embedding_dim=4",
                                  "--set", f"model.{size}", "--out", str(tmp_path)], capsys)  # fmt: skip
     assert code == 0, err
     spec = ModelSpec.model_validate_json((tmp_path / family / "1" / "model.json").read_text())
@@ -239,7 +240,10 @@ def test_the_example_config_file_holds_valid_hyper_parameters():
         (["--name", ".."], "run.name='..': String should match pattern"),
         (["--threads", "-1"], "run.threads=-1: Input should be greater than or equal to 1"),
         (["--baseline-metrics", "/nonexistent/metrics.json"], "--baseline-metrics /nonexistent/metrics.json"),
-        (["--data", "census", "--data-dir", "/nonexistent"], "cannot load --data census"),
+        (["--data", "census", "--data-dir", "/nonexistent"], "cannot load --data census: /nonexistent/census_income_kdd"),
+        (["--data", "kuairand", "--data-dir", "/nonexistent"], "`bash scripts/fetch-data.sh [--data-dir DIR]`"),
+        (["--data", "kuairand", "--data-dir", "/nonexistent"], "--set data.kuairand.sample=true"),
+        (["--data", "census", "--set", "data.census.sample=1"], "data.census.sample=1: true or false"),
     ],
 )
 def test_cli_refuses_bad_settings_in_one_line_before_training(tmp_path, capsys, args, says):

@@ -23,8 +23,10 @@ TINY = ["--data", "videolog", "--set", "data.videolog.n_impressions=2000", "--se
         "--set", "data.videolog.n_videos=150", "--set", "train.epochs=2", "--threads", "1", "--no-progress"]  # fmt: skip
 
 
-def tune(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([BIN / "ranker-tune", *TINY, *args], capture_output=True, text=True, timeout=600, **kwargs)
+def tune(*args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    """ranker-tune in `cwd` (its default study and config files go to cwd/tuning/)."""
+    return subprocess.run([BIN / "ranker-tune", *TINY, *args], capture_output=True, text=True, timeout=600, cwd=cwd,
+                          **kwargs)  # fmt: skip
 
 
 def finished(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
@@ -34,7 +36,7 @@ def finished(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
 
 def test_a_tiny_study_writes_a_config_that_ranker_train_takes(tmp_path):
     out, storage = tmp_path / "best.toml", f"sqlite:///{tmp_path}/s.db"
-    done = tune("--model", "cgc", "--trials", "3", "--storage", storage, "--out", str(out))
+    done = tune("--model", "cgc", "--trials", "3", "--storage", storage, "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out) and "best of 3 trials" in done.stderr
     cfg = run_config.load(out, [], {})  # checked like any ranker-train config
@@ -54,18 +56,19 @@ def test_a_tiny_study_writes_a_config_that_ranker_train_takes(tmp_path):
 def test_a_study_resumes_after_ctrl_c_up_to_its_total(tmp_path):
     storage = f"sqlite:///{tmp_path}/s.db"
     proc = subprocess.Popen([BIN / "ranker-tune", *TINY, "--model", "mmoe", "--trials", "500", "--storage", storage],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)  # fmt: skip
     wait_until(lambda: _finished_in_file(tmp_path / "s.db") >= 1, 600, "a first trial", interval=1.0)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "ranker-tune: interrupted" in err.strip().splitlines()[-1], err
     before = _count(storage, "videolog-mmoe")
     assert 1 <= before < 500
-    again = tune("--model", "mmoe", "--trials", str(before + 2), "--storage", storage, "--out", str(tmp_path / "b.toml"))
+    again = tune("--model", "mmoe", "--trials", str(before + 2), "--storage", storage, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert _count(storage, "videolog-mmoe") == before + 2  # the earlier trials count towards the total
+    assert again.stdout.strip() == "tuning/videolog-mmoe.toml" and (tmp_path / "tuning" / "videolog-mmoe.toml").is_file()
     start = time.monotonic()  # the study is complete: a third call runs no trial
-    done = tune("--model", "mmoe", "--trials", str(before + 2), "--storage", storage, "--out", str(tmp_path / "c.toml"))
+    done = tune("--model", "mmoe", "--trials", str(before + 2), "--storage", storage, cwd=tmp_path)
     assert done.returncode == 0 and _count(storage, "videolog-mmoe") == before + 2 and time.monotonic() - start < 60
 
 
@@ -110,9 +113,9 @@ def test_two_workers_share_one_study_in_postgresql(tmp_path, postgres_url):
     args = [BIN / "ranker-tune", *TINY, "--model", "shared-bottom", "--trials", "6", "--storage", postgres_url,
             "--study", "shared"]  # fmt: skip
     # the first creates the study; the second starts once it exists (both would race to create it)
-    first = subprocess.Popen([*args, "--out", str(tmp_path / "1.toml")], stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([*args, "--out", str(tmp_path / "1.toml")], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     wait_until(lambda: _count(postgres_url, "shared") >= 0 and _study_exists(postgres_url), 120, "the study")
-    second = subprocess.Popen([*args, "--out", str(tmp_path / "2.toml")], stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen([*args, "--out", str(tmp_path / "2.toml")], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     assert first.wait(timeout=600) == 0, first.stderr.read()
     assert second.wait(timeout=600) == 0, second.stderr.read()
     trials = finished(postgres_url, "shared")
@@ -130,7 +133,7 @@ def _study_exists(storage: str) -> bool:
 
 def test_the_baselines_tune_per_task_and_evaluate_on_the_same_split(tmp_path):
     out = tmp_path / "lgb.toml"
-    done = tune("--model", "lightgbm", "--trials", "2", "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(out))
+    done = tune("--model", "lightgbm", "--trials", "2", "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     import tomllib
 
@@ -144,6 +147,19 @@ def test_the_baselines_tune_per_task_and_evaluate_on_the_same_split(tmp_path):
     linear = splits.evaluate("logistic", {t.name: {"C": 1.0, "min_frequency": 5} for t in videolog.TASKS})
     assert set(linear["test"]) == {t.name for t in videolog.TASKS}
     assert 0.0 <= min(linear["test"]["vcr"]["mse"], 1.0)  # the regression is clipped to its range
+
+
+def test_what_the_base_configuration_sets_is_not_searched():
+    from training.tune import trial_tables
+
+    base = run_config.load_tables(None, ["train.numeric_encoding=\"bins\"", "train.loss_w0.ctr=2.0", "model.dropout=0.0"],
+                                  {"run": {"data": "videolog", "model": "ple"}})  # fmt: skip
+    trial = optuna.create_study().ask()
+    tables = trial_tables(trial, base, "ple", [t.name for t in videolog.TASKS])
+    assert tables["train"]["numeric_encoding"] == "bins" and tables["model"]["dropout"] == 0.0
+    assert tables["train"]["loss_w0"]["ctr"] == 2.0 and "train.loss_w0.vtr" in trial.params
+    assert not {"train.numeric_encoding", "train.loss_w0.ctr", "model.dropout"} & set(trial.params)
+    assert {"train.lr", "model.n_levels", "model.expert_hidden"} <= set(trial.params)
 
 
 def test_every_family_declares_a_search_space_over_its_own_fields():

@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="add the version even if the model's latest version has other tasks, outputs or features "
                         "(refused by default: the service would not route to it by itself)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="shared data sets (default $RANKER_DATA_DIR, else <repo>/../shared/data)")  # fmt: skip
+                   help="folder of the full census / KuaiRand files (default $RANKER_DATA_DIR, else <repo>/../shared/data; "
+                        "bash scripts/fetch-data.sh downloads them; --set data.census.sample=true uses the committed "
+                        "sample instead; docs/data.md)")  # fmt: skip
     p.add_argument("--impressions", type=int, default=None, help="videolog: number of simulated impressions")
     p.add_argument("--data-seed", type=int, default=None, help="videolog / synthetic: generator seed")
     p.add_argument("--features-out", type=Path, default=Path("data/features"),

@@ -7,7 +7,7 @@ Every trial is one `run_training` of the family on the data set's split, with th
 configuration (defaults < --config < --set) and values sampled (TPE) from the search spaces
 declared beside the configs: the recipe (training/config.py TRAIN_SEARCH, and w_k0 / gamma_k per
 task), the sizes every family has (training/models/parts.py BASE_SEARCH) and the family's own
-(training/models/). A trial's score is its kept epoch's validation loss, each task's divided by
+(training/models/); what the base configuration sets is pinned, not searched. A trial's score is its kept epoch's validation loss, each task's divided by
 that of predicting its base rate (`val_normalized_loss`: every task weighs the same, and loss
 weights cannot game it); after each epoch the running score is reported and a poor trial is
 pruned (median rule). `--model lightgbm` or `logistic` tunes those baselines instead
@@ -72,12 +72,18 @@ def base_tables(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def trial_tables(trial: optuna.Trial, base: dict[str, Any], family: str, task_names: list[str]) -> dict[str, Any]:
-    """The base tables with this trial's values: the recipe, per-task weights, the model's sizes."""
-    train = sample(trial, "train", TRAIN_SEARCH)
+    """The base tables with this trial's values: the recipe, per-task weights, the model's sizes.
+    A value the base configuration sets (--config, --set) is pinned: it is not searched."""
+    train = sample(trial, "train", unpinned(TRAIN_SEARCH, base["train"]))
     for table, param in LOSS_WEIGHT_SEARCH.items():
-        train[table] = {task: suggest(trial, f"train.{table}.{task}", param) for task in task_names}
-    model = sample(trial, "model", {**BASE_SEARCH, **FAMILIES[family].search})
+        pinned = base["train"].get(table, {})
+        train[table] = {task: suggest(trial, f"train.{table}.{task}", param) for task in task_names if task not in pinned}
+    model = sample(trial, "model", unpinned({**BASE_SEARCH, **FAMILIES[family].search}, base["model"]))
     return run_config.merge(base, {"train": train, "model": model})
+
+
+def unpinned(space: dict, pinned: dict) -> dict:
+    return {name: param for name, param in space.items() if name not in pinned}
 
 
 class Pruned(Exception):

@@ -1,4 +1,4 @@
-"""Admin endpoints of DESIGN.md: load, activate, rollback, unload, split. Bearer token required."""
+"""Admin endpoints (docs/api.md): load, activate, rollback, unload, split. Bearer token required."""
 
 import hmac
 from typing import Annotated, Any, Callable, Coroutine

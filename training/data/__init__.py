@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from contract.modelspec import FeatureSpec, TaskSpec
-
-DATA_DIR_ENV = "RANKER_DATA_DIR"
-
-
-def data_root(override: str | Path | None = None) -> Path:
-    """Where the shared data sets live: the flag, else $RANKER_DATA_DIR, else <repo>/../shared/data."""
-    if override:
-        return Path(override)
-    if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV])
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from training.data.files import DATA_DIR_ENV, SAMPLES, data_root  # noqa: F401  (the data folder's rule lives there)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 Tasks: income > 50K (the label column) and marital status "Never married" (column 7, removed from
 the inputs). Column 24 (instance weight) is dropped as in the papers. Only the test file
-(census-income.test, 99,762 rows) is available here (../shared/data/PROVENANCE.md), so it is split
-60 / 20 / 20 into train / validation / test with a fixed seed, stratified by both labels.
+(census-income.test, 99,762 rows) could be obtained (docs/data.md: source, licence, sha256), so it
+is split 60 / 20 / 20 into train / validation / test with a fixed seed, stratified by both labels.
+The full file is read from the data folder (`data_root`; `bash scripts/fetch-data.sh` downloads
+it); `sample=True` reads the committed 5,000-row sample in datasets/samples/ instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from contract.modelspec import FeatureSpec, TaskSpec
-from training.data import Dataset, data_root
+from training.data import SAMPLES, Dataset, data_root
+from training.data.files import missing_message
 
 FILE = Path("census_income_kdd") / "census-income.test.gz"
 COLUMNS = [
@@ -40,16 +43,21 @@ TASKS = [
 SPLIT_SEED = 2020  # documented with every figure (bench/results/census_ple.json)
 
 
-def read(path: Path | None = None, nrows: int | None = None) -> pd.DataFrame:
-    path = path or data_root() / FILE
+def read(path: Path | None = None, nrows: int | None = None, sample: bool = False) -> pd.DataFrame:
+    if not isinstance(sample, bool):
+        raise ValueError(f"data.census.sample={sample!r}: true or false")
+    path = SAMPLES / FILE if sample else path or data_root() / FILE
+    if not path.is_file():
+        raise FileNotFoundError(missing_message(path, "census"))
     frame = pd.read_csv(path, header=None, names=COLUMNS, skipinitialspace=True, keep_default_na=False,
                         dtype=str, nrows=nrows)  # fmt: skip
     return frame.mask(frame == "?")  # '?' marks a missing value
 
 
-def load(path: Path | None = None, nrows: int | None = None) -> Dataset:
-    """The census file (or its first `nrows`) as a two-task data set with a stratified split."""
-    frame = read(path, nrows)
+def load(path: Path | None = None, nrows: int | None = None, sample: bool = False) -> Dataset:
+    """The census file (or its first `nrows`; or the committed sample) as a two-task data set with a
+    stratified split."""
+    frame = read(path, nrows, sample)
     features, columns = [], {}
     for name in COLUMNS:
         if name in DROPPED:
@@ -69,7 +77,8 @@ def load(path: Path | None = None, nrows: int | None = None) -> Dataset:
                        (frame["marital_status"] == "Never married").to_numpy()], axis=1)  # fmt: skip
     return Dataset(
         name="census",
-        description=(f"UCI Census-Income (KDD) {FILE.name} ({len(frame)} rows): income > 50K and never married; "
+        description=(f"UCI Census-Income (KDD) {FILE.name}{' (the repository sample)' if sample else ''} "
+                     f"({len(frame)} rows): income > 50K and never married; "
                      f"stratified 60/20/20 split"),  # fmt: skip
         features=features,
         tasks=TASKS,

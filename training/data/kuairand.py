@@ -1,7 +1,9 @@
 """KuaiRand (Gao et al., CIKM 2022): real Kuaishou impressions, five tasks, user features joined.
 
-File: ../shared/data/kuairand/kuairand_27k_liked_or_hated.tsv (41,828 impressions; see
-../shared/data/PROVENANCE.md: selected to rows with an explicit like or hate, so engaged users).
+File: kuairand/kuairand_27k_liked_or_hated.tsv in the data folder (`data_root`; 41,828 impressions;
+docs/data.md: selected to rows with an explicit like or hate, so engaged users; `bash
+scripts/fetch-data.sh` downloads it); `sample=True` reads the committed 5,000-row sample in
+datasets/samples/kuairand/ (with the user-feature rows it joins to) instead.
 Tasks, all on every impression (exposures include autoplay, so views exist without a click):
   click (is_click), long_view, completion ratio play_time / duration clipped to [0, 1]
   (regression; masked where duration_ms is 0, unknown in 18.5 % of rows), share (is_forward),
@@ -20,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from contract.modelspec import FeatureSpec, TaskSpec
-from training.data import Dataset, data_root
+from training.data import SAMPLES, Dataset, data_root
+from training.data.files import missing_message
 
 DIRECTORY = Path("kuairand")
 LOG_FILE = "kuairand_27k_liked_or_hated.tsv"
@@ -60,8 +63,13 @@ def _plain(values: pd.Series) -> np.ndarray:
                      for v in out], dtype=object)  # fmt: skip
 
 
-def load(directory: Path | None = None, nrows: int | None = None) -> Dataset:
-    directory = directory or data_root() / DIRECTORY
+def load(directory: Path | None = None, nrows: int | None = None, sample: bool = False) -> Dataset:
+    if not isinstance(sample, bool):
+        raise ValueError(f"data.kuairand.sample={sample!r}: true or false")
+    directory = SAMPLES / DIRECTORY if sample else directory or data_root() / DIRECTORY
+    for name in (LOG_FILE, USER_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(missing_message(directory / name, "kuairand"))
     log = pd.read_csv(directory / LOG_FILE, sep="\t", nrows=nrows)
     users = pd.read_csv(directory / USER_FILE).set_index("user_id")
     joined = users.reindex(log["user_id"].to_numpy())  # users missing from the table: all NaN
@@ -94,7 +102,8 @@ def load(directory: Path | None = None, nrows: int | None = None) -> Dataset:
     masks[:, 2] = has_duration
     return Dataset(
         name="kuairand",
-        description=f"KuaiRand-27K {LOG_FILE} ({len(log)} impressions) joined with {USER_FILE}",
+        description=(f"KuaiRand-27K {LOG_FILE}{' (the repository sample)' if sample else ''} ({len(log)} impressions) "
+                     f"joined with {USER_FILE}"),
         features=features,
         tasks=TASKS,
         columns=columns,

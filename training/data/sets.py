@@ -23,6 +23,7 @@ class FileOptions:
     """[data.census] / [data.kuairand]: the files come from --data-dir / $RANKER_DATA_DIR."""
 
     nrows: Count | None = None  # read only the first rows (quick runs, tests)
+    sample: bool = False  # the committed 5,000-row sample in datasets/samples/ instead (docs/data.md)
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -57,9 +58,10 @@ def _parquet_tasks(options: ParquetOptions) -> list[TaskSpec]:
 DATA_SETS: dict[str, DataSet] = {
     "videolog": DataSet(videolog.VideoLogConfig, lambda _: videolog.TASKS, _videolog),
     "census": DataSet(FileOptions, lambda _: census.TASKS,
-                      lambda o, root, _: census.load(data_root(root) / census.FILE, nrows=o.nrows)),
+                      lambda o, root, _: census.load(data_root(root) / census.FILE, nrows=o.nrows, sample=o.sample)),
     "kuairand": DataSet(FileOptions, lambda _: kuairand.TASKS,
-                        lambda o, root, _: kuairand.load(data_root(root) / kuairand.DIRECTORY, nrows=o.nrows)),
+                        lambda o, root, _: kuairand.load(data_root(root) / kuairand.DIRECTORY, nrows=o.nrows,
+                                                         sample=o.sample)),
     "synthetic": DataSet(synthetic.SyntheticConfig, lambda _: synthetic.TASKS, lambda o, *_: synthetic.generate(o)),
     "parquet": DataSet(ParquetOptions, _parquet_tasks, None),
 }  # fmt: skip

@@ -9,6 +9,7 @@ discussion in reports/discussion.md.
 from __future__ import annotations
 
 from training.experiments import census, kuairand, levels, loss, synthetic, utilization
+from training.experiments.tuned import census_tuned, kuairand_tuned
 
 # Report order = the order; utilization reuses KuaiRand's runs, levels census's recipe.
 EXPERIMENTS = {
@@ -18,4 +19,6 @@ EXPERIMENTS = {
     "utilization": utilization,
     "loss": loss,
     "levels": levels,
+    "census-tuned": census_tuned,
+    "kuairand-tuned": kuairand_tuned,
 }

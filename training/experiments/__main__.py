@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.experiments", description=__doc__)
     p.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(EXPERIMENTS)}, all, or report")
     p.add_argument("--out", type=Path, default=REPORTS)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, 2 seeds: checks the path, proves nothing")
+    p.add_argument("--quick", action="store_true", help="tiny sizes on the committed data samples (datasets/samples/), 2 seeds: checks the path, "
+                        "proves nothing")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: runs are reproducible and cheap)")
     args = p.parse_args(argv)
@@ -62,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         module = EXPERIMENTS[name]
         start = time.perf_counter()
-        body = module.run(ctx)
+        try:
+            body = module.run(ctx)
+        except FileNotFoundError as exc:  # a full data file missing: the loader says where it looked and what to do
+            print(f"python -m training.experiments {name}: {exc}", file=sys.stderr)
+            return 2
         command = f"python -m training.experiments {name}" + (" --quick" if args.quick else "")
         section = (f"## {list(EXPERIMENTS).index(name) + 1}. {module.TITLE}\n\n`{command}` — "
                    f"{time.perf_counter() - start:.0f} s for this (re)build; {machine_line()}.\n\n{body}\n")  # fmt: skip

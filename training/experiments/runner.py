@@ -25,7 +25,27 @@ REPORTS = Path(__file__).resolve().parents[2] / "reports"
 
 
 def _freeze(options: dict) -> tuple:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+    """A dict as sorted (key, value) pairs; lists become tuples, tables (loss weights, a baseline's
+    per-task settings) nested pairs, so a Run is hashable and compares by value."""
+    return tuple(sorted((k, _freeze(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v)
+                        for k, v in options.items()))  # fmt: skip
+
+
+def _tables(pairs: tuple) -> dict:
+    """_freeze undone: nested pairs back to dicts (a pair list whose items are all (str, x) pairs)."""
+    def value(v):
+        if isinstance(v, tuple) and v and all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in v):
+            return _tables(v)
+        return v
+
+    return {k: value(v) for k, v in pairs}
+
+
+@lru_cache(maxsize=2)
+def baseline_splits(name: str, options: tuple):
+    from training.baselines import Splits
+
+    return Splits(load_dataset(name, options))
 
 
 @dataclass(frozen=True)
@@ -58,8 +78,9 @@ class Outcome:
     parameters: int
 
     def metric(self, task: str) -> float:
+        """The task's test AUC (binary) or MSE; NaN where the split had one class only (a tiny sample)."""
         m = self.test[task]
-        return m["auc"] if "auc" in m else m["mse"]
+        return m.get("auc", m.get("mse", float("nan")))
 
 
 @lru_cache(maxsize=4)
@@ -112,14 +133,26 @@ class Runner:
     def run(self, run: Run) -> Outcome:
         if run.key() in self._done:
             return self._done[run.key()]
+        start = time.perf_counter()
+        if run.family in ("lightgbm", "logistic"):  # one model per task (training/baselines.py)
+            metrics = baseline_splits(run.data, run.data_options).evaluate(run.family, _tables(run.model), run.seed)
+            outcome = Outcome(run, _headline(metrics["test"]), _headline(metrics["validation"]), {},
+                              round(time.perf_counter() - start, 2), 0, 0)  # fmt: skip
+        else:
+            outcome = self._train(run, start)
+        self._done[run.key()] = outcome
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._save(outcome)
+        return outcome
+
+    def _train(self, run: Run, start: float) -> Outcome:
         from training.models import config_with
         from training.train import TrainConfig, run_training
 
         dataset = load_dataset(run.data, run.data_options)
-        start = time.perf_counter()
-        result = run_training(dataset, run.family, TrainConfig(**dict(run.train), seed=run.seed, progress=False),
-                              config_with(run.family, dict(run.model)), log=lambda _: None)  # fmt: skip
-        outcome = Outcome(
+        result = run_training(dataset, run.family, TrainConfig(**_tables(run.train), seed=run.seed, progress=False),
+                              config_with(run.family, _tables(run.model)), log=lambda _: None)  # fmt: skip
+        return Outcome(
             run=run,
             test=_headline(result.metrics["test"]),
             validation=_headline(result.metrics["validation"]),
@@ -128,20 +161,21 @@ class Runner:
             epochs=len(result.history),
             parameters=sum(p.numel() for p in result.model.parameters()),
         )
-        self._done[run.key()] = outcome
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _save(self, outcome: Outcome) -> None:
+        run = outcome.run
         with self.path.open("a") as f:
             f.write(json.dumps({"run": asdict(run)} | {k: v for k, v in asdict(outcome).items() if k != "run"}) + "\n")
         shown = " ".join(f"{t}={outcome.metric(t):.4f}" for t in outcome.test)
         self.log(f"[{self.experiment}] {run.data} {run.family} {run.variant} seed {run.seed}: {shown} ({outcome.seconds:.0f} s)")
-        return outcome
 
     def run_all(self, runs: Iterable[Run]) -> list[Outcome]:
         return [self.run(r) for r in runs]
 
 
-def _thaw(pairs) -> tuple:
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in pairs)
+def _thaw(value):
+    """What _freeze made, back from JSON (which wrote every tuple as a list)."""
+    return tuple(_thaw(v) for v in value) if isinstance(value, list) else value
 
 
 def _headline(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -2,8 +2,8 @@
 
 Experts, gates and towers are *stacked*: the n members of a group hold one weight tensor
 (n, d_in, d_out) and run as one batched MatMul over the member axis. That exports to a handful of
-ONNX nodes instead of one chain per expert, which the project's performance notes measured 1.3-2.8x
-faster on ONNX Runtime's CPU provider and ~4x faster on CUDA (docs/performance.md). Shapes are written beside the code:
+ONNX nodes instead of one chain per expert, which the project's measurements (docs/performance.md)
+found 1.3-2.8x faster on ONNX Runtime's CPU provider and ~4x faster on CUDA. Shapes are written beside the code:
 B = batch, E = experts, G = gates, K = tasks, C = embedding copies.
 """
 
