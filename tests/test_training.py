@@ -243,7 +243,7 @@ def test_the_example_config_file_holds_valid_hyper_parameters():
         (["--data", "census", "--data-dir", "/nonexistent"], "cannot load --data census: /nonexistent/census_income_kdd"),
         (["--data", "kuairand", "--data-dir", "/nonexistent"], "`bash scripts/fetch-data.sh [--data-dir DIR]`"),
         (["--data", "kuairand", "--data-dir", "/nonexistent"], "--set data.kuairand.sample=true"),
-        (["--data", "census", "--set", "data.census.sample=1"], "data.census.sample=1: true or false"),
+        (["--data", "census", "--set", "data.census.sample=1"], "data.census.sample=1: Input should be a valid boolean"),
     ],
 )
 def test_cli_refuses_bad_settings_in_one_line_before_training(tmp_path, capsys, args, says):

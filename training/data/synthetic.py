@@ -36,6 +36,9 @@ class SyntheticConfig:
     p: float = 0.5  # cosine of the two tasks' weight vectors, in [-1, 1]
     noise_var: float = 0.01
     seed: int = 0
+    # Rows for training; the rest is split equally into validation and test. None: 80/10/10, the
+    # default of every data set. The MMoE paper trains on 10,000 rows.
+    train_rows: int | None = None
 
 
 def weight_vectors(d: int, c: float, p: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -70,4 +73,13 @@ def generate(config: SyntheticConfig = SyntheticConfig()) -> Dataset:
         masks=np.ones((config.n, 2), dtype=bool),
         seed=config.seed,
         default_weights={},
+        **({"split_fractions": _fractions(config)} if config.train_rows is not None else {}),
     )
+
+
+def _fractions(config: SyntheticConfig) -> tuple[float, float]:
+    """(train, validation) shares for `train_rows` training rows and the rest halved."""
+    if not 0 < config.train_rows < config.n:  # type: ignore[operator]
+        raise ValueError(f"train_rows={config.train_rows} must lie between 0 and n={config.n}")
+    train = config.train_rows / config.n  # type: ignore[operator]
+    return train, (1.0 - train) / 2

@@ -8,7 +8,7 @@ discussion in reports/discussion.md.
 
 from __future__ import annotations
 
-from training.experiments import census, kuairand, levels, loss, synthetic, utilization
+from training.experiments import census, kuairand, levels, loss, simulator, synthetic, utilization
 from training.experiments.tuned import census_tuned, kuairand_tuned
 
 # Report order = the order; utilization reuses KuaiRand's runs, levels census's recipe.
@@ -21,4 +21,5 @@ EXPERIMENTS = {
     "levels": levels,
     "census-tuned": census_tuned,
     "kuairand-tuned": kuairand_tuned,
+    "simulator": simulator,
 }
