@@ -6,6 +6,7 @@ Torch-free on purpose: training imports it to write a version folder, the servic
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -186,6 +187,55 @@ class ModelSpec(_Strict):
         if missing:
             raise ValueError(f"tasks refer to missing outputs: {sorted(missing)}")
         return self
+
+    def interface(self) -> "Interface":
+        """What a client relies on: the versions of one model name that may share traffic agree on it."""
+        return Interface(
+            tasks=frozenset((t.name, t.kind, t.output) for t in self.tasks),
+            outputs=frozenset((o.name, o.dtype, tuple(o.shape)) for o in self.outputs),
+            features=frozenset((f.name, f.kind, f.source) for f in self.features),
+            inputs=frozenset((i.name, i.dtype, tuple(i.shape)) for i in self.inputs),
+        )
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A model version's interface, as requests and clients see it.
+
+    tasks: (name, kind, output tensor); outputs: (tensor name, dtype, shape); features: (name,
+    kind, source), i.e. what a request or the feature store must provide; inputs: the tensors a
+    KServe v2 client sends (their widths follow the features and their encodings). Fitted
+    statistics, vocabularies, hash buckets, default weights and hyper-parameters are not part of
+    it: a retrained model changes those and still serves the same requests. A part left None is not
+    known yet (ranker-train knows the tasks before it reads any data) and is not compared.
+    """
+
+    tasks: frozenset[tuple[str, str, str]] | None = None
+    outputs: frozenset[tuple[str, str, tuple[int, ...]]] | None = None
+    features: frozenset[tuple[str, str, str]] | None = None
+    inputs: frozenset[tuple[str, str, tuple[int, ...]]] | None = None
+
+    def difference(self, other: "Interface") -> str | None:
+        """None when the two agree on every part both know; else one line: what `other` changes."""
+        changes = []
+        for part, what in (("tasks", "task"), ("features", "feature"), ("outputs", "output"), ("inputs", "input")):
+            mine, theirs = getattr(self, part), getattr(other, part)
+            if mine is None or theirs is None or mine == theirs:
+                continue
+            gone, new = _describe(mine - theirs), _describe(theirs - mine)
+            changes.append(f"{what}s " + "; ".join(x for x in (gone and f"without {gone}", new and f"with {new}") if x))
+        return ", ".join(changes) or None
+
+
+def tasks_interface(tasks: list[TaskSpec]) -> Interface:
+    """The part of an interface known from the tasks alone (before any data is read)."""
+    return Interface(tasks=frozenset((t.name, t.kind, t.output) for t in tasks))
+
+
+def _describe(items: frozenset) -> str:
+    # ("vtr", "binary", "vtr") -> "vtr (binary, vtr)": the name first, then what else defines it.
+    shown = sorted(f"{item[0]} ({', '.join(map(str, item[1:]))})" for item in items)
+    return ", ".join(shown[:6]) + (f" and {len(shown) - 6} more" if len(shown) > 6 else "")
 
 
 def sha256_file(path: Path) -> str:

@@ -7,11 +7,16 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 if ! ls models/ple/*/model.json >/dev/null 2>&1; then
-  echo "== training a PLE on the simulated video log (about half a minute on 2 cores)"
-  ranker-train --data videolog --model ple --out models
+  # A demo-sized log and one torch thread: 43 s on 2 cores shared with other work (load average 6),
+  # where the defaults (200,000 impressions, a thread per core) took 324 s. The full-size model:
+  # ranker-train --data videolog --model ple --out models
+  echo "== training a small PLE on the simulated video log (under a minute on 2 cores)"
+  ranker-train --data videolog --model ple --out models --impressions 50000 --threads 1
 fi
 echo "== starting ranker-serve on http://127.0.0.1:8000 (docs at /docs)"
-ranker-serve --models models --features data/features --host 127.0.0.1 --port 8000 &
+# auto: a model you train into models/ple while this runs serves at once if it has ple's interface
+# (the service's default, explicit, waits for an admin call; see "Rolling out a new model version").
+RANKER_WATCH=${RANKER_WATCH:-auto} ranker-serve --models models --features data/features --host 127.0.0.1 --port 8000 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT INT TERM
 for _ in $(seq 1 120); do

@@ -65,6 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Ranks candidate videos for one user with a multi-task (PLE) model on ONNX Runtime.",
         lifespan=lifespan,
+        # One path per route: POST /v1/rank/ is a 404 in the error shape naming /v1/rank, not a 307
+        # with an empty body that clients do not follow (service.errors).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics_

@@ -6,7 +6,7 @@ previous state on a history list (for rollback) and is announced, so each replic
 
 - InProcessControl: one process, no Redis (the embedded default), same behaviour.
 - RedisControl: keys `<prefix>model:<name>:active` (the version), `<prefix>model:<name>:split`
-  (JSON weights, absent when there is no split), `<prefix>model:<name>:history` (a list of earlier
+  (JSON shares per version, multiples of 1/10,000, absent when there is no split), `<prefix>model:<name>:history` (a list of earlier
   states, newest first); changes are announced on the channel `<prefix>events` as
   {"model": name}. A listener thread applies announcements within a second, and re-reads every key
   after (re)connecting and every few seconds, so a replica that missed a message, started later or
@@ -20,6 +20,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, Protocol
 
 import orjson
@@ -53,8 +54,10 @@ def _version(value: object) -> int:
     return value
 
 
-def _split(active: int, raw: object) -> dict[int, float] | None:
-    """A stored split: {version: weight > 0} naming the active version, normalised; None for none."""
+def _split(active: int, raw: object) -> dict[int, int] | None:
+    """A stored split, {version: share > 0} naming the active version, as bucket counts; None for none.
+    Shares are what every replica writes (count / N_BUCKETS); older replicas wrote normalised floats
+    (0.8999999999999999), which read back as the same counts."""
     if raw is None:
         return None
     if not isinstance(raw, dict) or not raw:
@@ -66,30 +69,48 @@ def _split(active: int, raw: object) -> dict[int, float] | None:
         weights[_version(key)] = float(weight)
     if active not in weights:
         raise ControlCorrupt(f"the split does not include the active version {active}")
-    if abs(sum(weights.values()) - 1.0) < 1e-9:
-        return weights  # as the registry wrote it: equal states compare equal after a round trip
-    return normalised(weights)
+    counts = {v: c for v, c in bucket_counts(weights).items() if c > 0}
+    if active not in counts:
+        raise ControlCorrupt(f"the active version {active} has less than one bucket in the split")
+    return counts
 
 
-def normalised(weights: dict[int, float]) -> dict[int, float]:
-    """Weights (>= 0, at least one > 0) scaled to sum to 1. Divided by the largest first, so that
-    weights near the float limit (1e308) cannot sum to inf and leave every share 0."""
-    largest = max(weights.values())
-    scaled = {v: w / largest for v, w in weights.items()}
-    total = sum(scaled.values())
-    return {v: w / total for v, w in scaled.items()}
+N_BUCKETS = 10_000  # users hash into this many A/B buckets; a split gives each version a number of them
+
+
+def bucket_counts(weights: dict[int, float]) -> dict[int, int]:
+    """Weights (>= 0, at least one > 0) as whole buckets out of N_BUCKETS, summing to it exactly:
+    each version gets the floor of its exact share, the buckets left over go to the largest
+    remainders (largest remainder method; ties to the lower version). Exact fractions, so 0.9/0.1
+    is 9000/1000 (share 0.9, not 0.8999999999999999) and weights near 1e308 cannot overflow."""
+    exact = {v: Fraction(w) for v, w in weights.items()}
+    total = sum(exact.values())
+    scaled = {v: w * N_BUCKETS / total for v, w in exact.items()}
+    counts = {v: math.floor(x) for v, x in scaled.items()}
+    left = N_BUCKETS - sum(counts.values())
+    for v in sorted(scaled, key=lambda v: (counts[v] - scaled[v], v))[:left]:
+        counts[v] += 1
+    return counts
 
 
 @dataclass(frozen=True)
 class RoutingState:
     active: int
-    split: dict[int, float] | None = None  # normalised weights summing to 1, or None
+    split: dict[int, int] | None = None  # A/B buckets per version, summing to N_BUCKETS; or None
+
+    def buckets(self) -> dict[int, int]:
+        return dict(self.split) if self.split else {self.active: N_BUCKETS}
 
     def weights(self) -> dict[int, float]:
-        return dict(self.split) if self.split else {self.active: 1.0}
+        """Each version's share of users: count / N_BUCKETS, so 9000 buckets read 0.9 exactly."""
+        return {v: c / N_BUCKETS for v, c in self.buckets().items()}
+
+    def stored_split(self) -> dict[str, float] | None:
+        """The split as JSON keeps it: shares, which older replicas read as weights."""
+        return {str(v): w for v, w in self.weights().items()} if self.split else None
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"active": self.active, "split": {str(k): v for k, v in (self.split or {}).items()} or None})
+        return orjson.dumps({"active": self.active, "split": self.stored_split()})
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "RoutingState":
@@ -195,7 +216,7 @@ class RedisControl:
     def _set(self, pipe, name: str, state: RoutingState) -> None:
         pipe.set(self._key(name, "active"), state.active)
         if state.split:
-            pipe.set(self._key(name, "split"), orjson.dumps({str(k): v for k, v in state.split.items()}))
+            pipe.set(self._key(name, "split"), orjson.dumps(state.stored_split()))
         else:
             pipe.delete(self._key(name, "split"))
         pipe.publish(self.channel, orjson.dumps({"model": name}))

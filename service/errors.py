@@ -9,6 +9,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.responses import JSONBytes
 
@@ -60,6 +61,17 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def not_json_message(error: dict, doc: object) -> str:
+    """'the body is not valid JSON: Expecting ',' delimiter at line 3, column 7 (offset 41)' (offset: from 0)."""
+    reason = error.get("ctx", {}).get("error", "cannot be parsed")
+    loc = error.get("loc", ())
+    position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    if position is None or not isinstance(doc, str):
+        return f"the body is not valid JSON: {reason}"
+    line, column = doc.count("\n", 0, position) + 1, position - doc.rfind("\n", 0, position)
+    return f"the body is not valid JSON: {reason} at line {line}, column {column} (offset {position})"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -81,6 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(415, "unsupported_media_type",
                                   f"send the body as JSON with 'Content-Type: application/json' (got {content_type[:64]!r})",
                                   "content-type")  # fmt: skip
+        if kind == "json_invalid":  # not JSON at all: a 400, as for any body that cannot be parsed
+            request.state.error_kind = "invalid_json"
+            return error_response(400, "invalid_json", not_json_message(first, exc.body), "body")
         field = "body" if whole_body and loc[:1] == ("body",) else field_path(loc)
         message = f"{field}: {first['msg']}" if field else first["msg"]
         if len(errors) > 1:
@@ -90,9 +105,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         request.state.error_kind = code
-        return error_response(exc.status_code, code, str(exc.detail), "body" if exc.status_code == 400 else None)
+        message = str(exc.detail)
+        if exc.status_code == 404 and (fixed := _without_trailing_slash(request)) is not None:
+            message = f"no route {request.method} {request.url.path}; did you mean {fixed} (no trailing slash)?"
+        return error_response(exc.status_code, code, message, "body" if exc.status_code == 400 else None)
+
+
+def _without_trailing_slash(request: Request) -> str | None:
+    """The path without its trailing slash, when a route has it. The app answers one path per route
+    (redirect_slashes is off: a 307 to it has no body, and clients do not repeat a POST there)."""
+    path = request.url.path
+    if len(path) < 2 or not path.endswith("/"):
+        return None
+    scope = {**request.scope, "path": path.rstrip("/")}
+    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return path.rstrip("/")
+    return None
 
 
 

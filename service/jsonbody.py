@@ -10,6 +10,9 @@ json.loads, so they keep exactly the values, errors and statuses they had:
   UTF-8, nesting past 1,024 levels.
 One difference remains: json.loads gives up nesting at Python's recursion limit (~950 levels
 under the server), orjson at 1,024; a body nested that deep is a 422 naming the field, not a 400.
+Routes read bodies through JSONRoute: a body that is not JSON (bad syntax, not UTF-8, nested past
+the limit) is a 400 `invalid_json` whose message gives the position; valid JSON that breaks the
+schema stays a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -36,10 +39,28 @@ def loads(body: bytes) -> Any:
     return json.loads(body)
 
 
+def not_json(body: bytes, exc: UnicodeDecodeError | RecursionError) -> json.JSONDecodeError:
+    """The errors json.loads raises for bodies it cannot decode or nest, as a JSONDecodeError with a
+    position, so that FastAPI answers them as it answers a syntax error (a 400 naming where)."""
+    doc = body.decode("latin-1")  # one character per byte: positions are byte offsets
+    if isinstance(exc, UnicodeDecodeError):
+        return json.JSONDecodeError(f"not UTF-8 ({exc.reason})", doc, exc.start)
+    try:
+        orjson.loads(body)
+        position = 0
+    except orjson.JSONDecodeError as error:  # orjson names where its depth limit was passed
+        position = error.pos
+    return json.JSONDecodeError("nested too deeply", doc, position)
+
+
 class _Request(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):  # the attribute Starlette's own json() caches in
-            self._json = loads(await self.body())
+            body = await self.body()
+            try:
+                self._json = loads(body)
+            except (UnicodeDecodeError, RecursionError) as exc:
+                raise not_json(body, exc) from None
         return self._json
 
 

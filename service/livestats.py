@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -38,6 +38,17 @@ class Histo:
             raise ValueError("histograms with different buckets")
         return Histo(self.bounds, tuple(a - b for a, b in zip(self.counts, older.counts)),
                      self.sum - older.sum, self.count - older.count)  # fmt: skip
+
+
+    def __add__(self, other: Histo) -> Histo:
+        if not other.bounds:
+            return self
+        if not self.bounds:
+            return other
+        if other.bounds != self.bounds:
+            raise ValueError("histograms with different buckets")
+        return Histo(self.bounds, tuple(a + b for a, b in zip(self.counts, other.counts)),
+                     self.sum + other.sum, self.count + other.count)  # fmt: skip
 
 
 EMPTY = Histo((), ())
@@ -87,6 +98,24 @@ def read_histogram(families: Iterable[Metric], name: str, keep: Callable[[dict],
     return Histo(bounds, tuple(buckets[b] for b in bounds), total_sum, total_count)
 
 
+def histograms_by(families: Iterable[Metric], name: str, by: tuple[str, ...]) -> dict[tuple[str, ...], Histo]:
+    """A histogram family summed by some of its labels (like `sum by (le, ...)` in PromQL)."""
+    keys = {tuple(s.labels[k] for k in by) for f in families if f.name == name for s in f.samples}
+    return {key: read_histogram(families, name, lambda l, key=key: tuple(l[k] for k in by) == key) for key in keys}
+
+
+def counters_by(families: Iterable[Metric], name: str, by: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    """A counter family's values summed by some of its labels (`name` without the _total suffix)."""
+    out: dict[tuple[str, ...], float] = {}
+    for family in families:
+        if family.name == name:
+            for s in family.samples:
+                if s.name == name + "_total":
+                    key = tuple(s.labels[k] for k in by)
+                    out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
 def read_counter(families: Iterable[Metric], name: str, by: str) -> dict[str, float]:
     """A counter family's values summed by one label (`name` without the _total suffix)."""
     out: dict[str, float] = {}
@@ -108,6 +137,34 @@ class Snapshot:
     candidates: Histo
     errors: dict[str, float]  # ranker_errors_total by kind
     degraded: float
+    versions: dict[tuple[str, str], VersionSnapshot] = field(default_factory=dict)  # by (model, version)
+
+
+@dataclass(frozen=True)
+class VersionSnapshot:
+    """One model version's cumulative numbers: its arm of a split."""
+
+    requests: Histo  # whole /v1/rank requests it answered, every outcome
+    errors: float  # ... that were not a 2xx
+    inference: Histo
+    scored: float  # candidates scored
+    predicted: dict[str, float]  # sum of the predictions per task
+
+
+def version_snapshots(families: list[Metric]) -> dict[tuple[str, str], VersionSnapshot]:
+    requests = histograms_by(families, "ranker_version_request_duration_seconds", ("model", "version", "outcome"))
+    inference = histograms_by(families, "ranker_inference_duration_seconds", ("model", "version"))
+    scored = counters_by(families, "ranker_scored_candidates", ("model", "version"))
+    predicted = counters_by(families, "ranker_predicted_value", ("model", "version", "task"))
+    keys = {k[:2] for k in requests} | set(inference) | set(scored)
+    out = {}
+    for key in keys:
+        ok, failed = requests.get((*key, "ok"), EMPTY), requests.get((*key, "error"), EMPTY)
+        out[key] = VersionSnapshot(
+            requests=ok + failed, errors=failed.count, inference=inference.get(key, EMPTY),
+            scored=scored.get(key, 0.0), predicted={t: v for (m, ver, t), v in predicted.items() if (m, ver) == key},
+        )  # fmt: skip
+    return out
 
 
 def take_snapshot(registry: CollectorRegistry, at: float) -> Snapshot:
@@ -127,6 +184,7 @@ def take_snapshot(registry: CollectorRegistry, at: float) -> Snapshot:
         candidates=read_histogram(families, "ranker_candidates_per_request"),
         errors=read_counter(families, "ranker_errors", "kind"),
         degraded=sum(read_counter(families, "ranker_degraded_requests", "reason").values()),
+        versions=version_snapshots(families),
     )
 
 
@@ -154,6 +212,28 @@ def summarize(old: Snapshot, new: Snapshot) -> dict:
         "server_error_rate": _ratio(new.rank_server_errors - old.rank_server_errors, rank.count),
         "errors_per_s": {k: v for k, v in errors.items() if v > 0},
         "degraded_per_s": (new.degraded - old.degraded) / elapsed,
+        "versions": [summarize_version(key, old.versions.get(key), v, elapsed) for key, v in sorted(new.versions.items(),
+                     key=lambda kv: (kv[0][0], int(kv[0][1])))],  # fmt: skip
+    }
+
+
+def summarize_version(key: tuple[str, str], old: VersionSnapshot | None, new: VersionSnapshot, elapsed: float) -> dict:
+    """One version's arm over the window. A version loaded again (its series dropped at unload and
+    started anew) has counts below the older snapshot's: the window then starts at its reload."""
+    if old is None or new.requests.count < old.requests.count or new.scored < old.scored:
+        old = VersionSnapshot(EMPTY, 0.0, EMPTY, 0.0, {})
+    requests, inference = new.requests - old.requests, new.inference - old.inference
+    scored = new.scored - old.scored
+    quantiles = {"p50": 0.5, "p99": 0.99}
+    return {
+        "model": key[0],
+        "version": int(key[1]),
+        "requests_per_s": requests.count / elapsed,
+        "latency_ms": {name: _ms(histogram_quantile(q, requests)) for name, q in quantiles.items()},
+        "inference_ms": {name: _ms(histogram_quantile(q, inference)) for name, q in quantiles.items()},
+        "error_rate": _ratio(new.errors - old.errors, requests.count),
+        "candidates_per_s": scored / elapsed,
+        "mean_prediction": {t: _ratio(v - old.predicted.get(t, 0.0), scored) for t, v in sorted(new.predicted.items())},
     }
 
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import BaseRoute, Match
 
@@ -49,6 +50,12 @@ class Metrics:
         # "bad_message"), its listener restarted ("listener_error"), keys lost and put back ("keys_restored").
         self.control_events = Counter("ranker_control_events_total", "control plane problems seen and handled",
                                       ["event"], registry=r)  # fmt: skip
+        # Versions whose interface (contract.modelspec.Interface) differs from the serving version's,
+        # counted when loaded or passed over at start-up: the watcher never routes to them; an admin
+        # may, with allow_interface_change.
+        self.incompatible_versions = Counter("ranker_incompatible_versions_total",
+                                             "versions loaded or passed over with another interface than the serving one",
+                                             ["model"], registry=r)  # fmt: skip
         self.model_swaps = Counter("ranker_model_swaps_total", "changes of the serving version or split",
                                    ["model"], registry=r)  # fmt: skip
         self.traffic_share = Gauge("ranker_model_traffic_share", "share of users routed to a version",
@@ -60,16 +67,42 @@ class Metrics:
                                     registry=r)  # fmt: skip
         # Saturation: requests being handled right now (queueing shows here before it shows in p99).
         self.in_flight = Gauge("ranker_requests_in_flight", "HTTP requests being handled", registry=r)
+        # Per model version, to compare the arms of a split (the dashboard's versions table, Grafana).
+        # Labels are the loaded versions only (forget_version drops an unloaded one's series), times
+        # two outcomes or the model's few tasks: the series stay bounded.
+        self.version_requests = Histogram("ranker_version_request_duration_seconds",
+                                          "whole POST /v1/rank requests by the model version that answered",
+                                          ["model", "version", "outcome"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.scored = Counter("ranker_scored_candidates", "candidates scored, by model version",
+                              ["model", "version"], registry=r)  # fmt: skip
+        # Divided by ranker_scored_candidates_total: the mean prediction per task (a probability for
+        # a binary task), which shows a version that predicts differently before its outcomes do.
+        self.predicted = Counter("ranker_predicted_value", "sum of the per-task predictions over scored candidates",
+                                 ["model", "version", "task"], registry=r)  # fmt: skip
 
     def observe_inference(self, mv: "ModelVersion", seconds: float) -> None:
         self.inference.labels(mv.name, str(mv.version), mv.engine.provider).observe(seconds)
 
-    def forget_version(self, model: str, version: int, provider: str) -> None:
+    def observe_predictions(self, mv: "ModelVersion", values: dict[str, np.ndarray]) -> None:
+        """One request's scored candidates and the sum of each task's predictions over them."""
+        version = str(mv.version)
+        for task, v in values.items():
+            self.predicted.labels(mv.name, version, task).inc(float(np.sum(v, dtype=np.float64)))
+        self.scored.labels(mv.name, version).inc(len(next(iter(values.values()))))
+
+    def observe_version_request(self, mv: "ModelVersion", seconds: float, ok: bool) -> None:
+        self.version_requests.labels(mv.name, str(mv.version), "ok" if ok else "error").observe(seconds)
+
+    def forget_version(self, mv: "ModelVersion") -> None:
         """Drop an unloaded version's series, so label sets do not grow with every version ever served."""
-        for metric, labels in ((self.traffic_share, (model, str(version))),
-                               (self.inference, (model, str(version), provider))):  # fmt: skip
+        model, version = mv.name, str(mv.version)
+        labels = [(self.traffic_share, (model, version)), (self.inference, (model, version, mv.engine.provider)),
+                  (self.scored, (model, version))]  # fmt: skip
+        labels += [(self.version_requests, (model, version, outcome)) for outcome in ("ok", "error")]
+        labels += [(self.predicted, (model, version, t.name)) for t in mv.spec.tasks]
+        for metric, values in labels:
             try:
-                metric.remove(*labels)
+                metric.remove(*values)
             except KeyError:
                 pass
 
@@ -110,9 +143,14 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
+            seconds = time.perf_counter() - start
             route = scope.get("route")
             path = getattr(route, "path", "unmatched") if route is not None else self._template(scope)
-            self.metrics.requests.labels(path, scope["method"], str(status["code"])).observe(time.perf_counter() - start)
-            kind = scope.get("state", {}).get("error_kind")  # unhandled errors: set by InternalErrorMiddleware
+            self.metrics.requests.labels(path, scope["method"], str(status["code"])).observe(seconds)
+            state = scope.get("state", {})
+            kind = state.get("error_kind")  # unhandled errors: set by InternalErrorMiddleware
             if kind:
                 self.metrics.errors.labels(kind).inc()
+            served_by = state.get("model_version")  # set by /v1/rank once it knows the version
+            if served_by is not None:
+                self.metrics.observe_version_request(served_by, seconds, status["code"] < 400)

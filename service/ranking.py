@@ -31,11 +31,15 @@ class Ranker:
     def __init__(self, registry: Registry, store: FeatureStore, settings: Settings, metrics: Metrics):
         self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
 
-    def rank(self, req: RankRequest, stages: dict[str, float] | None = None) -> dict[str, Any]:
-        """Rank one request. `stages`, when given, receives seconds spent per stage."""
+    def rank(self, req: RankRequest, stages: dict[str, float] | None = None,
+             served: dict[str, ModelVersion] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Rank one request. `stages`, when given, receives seconds spent per stage; `served`, the
+        version as soon as it is chosen (a later error is that version's too)."""
         t0 = time.perf_counter()
         candidates = self._checked(req)
         mv, bucket = self.registry.resolve(req.model, req.version, req.user.id)
+        if served is not None:
+            served["version"] = mv
         spec = mv.spec
         weights = self._weights(mv, req.weights)
         transform = req.video_len_transform or spec.scoring.video_len_transform
@@ -56,6 +60,7 @@ class Ranker:
         self.metrics.observe_inference(mv, t3 - t2)
 
         values = {t.name: outputs[t.output] for t in spec.tasks}
+        self.metrics.observe_predictions(mv, values)
         try:
             ranking = rank(values, weights, video_len, transform, spec.scoring.eps)
         except ScoreOverflow as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import gc
+import itertools
 import logging
 import re
 import threading
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from contract.features import FeatureTransform, stable_hash
 from contract.modelspec import NAME_PATTERN, ModelSpec, sha256_file
-from service.control import ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused, RoutingState, normalised
+from service.control import (N_BUCKETS, ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused,
+                             RoutingState, bucket_counts)
 from service.engine import InferenceEngine
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -39,7 +41,6 @@ except (OSError, AttributeError):
 
 _NAME = re.compile(NAME_PATTERN)
 _ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
-N_BUCKETS = 10_000  # users hash into this many A/B buckets; a split assigns bucket ranges
 
 
 class LoadError(Exception):
@@ -136,17 +137,25 @@ class Routing:
 
     def __init__(self, state: RoutingState, handles: dict[int, ModelVersion]):
         self.state = state
-        weights = sorted(state.weights().items())
-        self.versions = [handles[v] for v, _ in weights]
-        total, bounds = 0.0, []
-        for _, w in weights:
-            total += w
-            bounds.append(round(total * N_BUCKETS))
-        bounds[-1] = N_BUCKETS
-        self.bounds = bounds  # bucket b goes to the first version whose bound exceeds b
+        buckets = sorted(state.buckets().items())
+        self.versions = [handles[v] for v, _ in buckets]
+        self.bounds = list(itertools.accumulate(c for _, c in buckets))  # bucket b: the first version whose bound exceeds b
 
     def pick(self, bucket: int) -> ModelVersion:
         return self.versions[bisect.bisect_right(self.bounds, bucket)]
+
+
+def startup_order(interfaces: dict) -> list[int]:
+    """The order start-up tries versions in when no shared state names one: the newest version with
+    the interface of the oldest one, then (if none of those loads) the newest with the next oldest
+    interface, and so on. A model name's interface is fixed by its first version until an admin
+    changes it (allow_interface_change, remembered by the control plane): a newer folder with
+    another interface (another data set's model written under this name) never wins a restart."""
+    order: list[int] = []
+    for oldest in sorted(interfaces):
+        if oldest not in order:
+            order += sorted((v for v, i in interfaces.items() if i == interfaces[oldest]), reverse=True)
+    return order
 
 
 def release_memory() -> None:
@@ -208,19 +217,38 @@ class Registry:
         try:
             shared = self.control.read(name)
         except ControlUnavailable as exc:
-            log.warning("control plane unavailable at start (%s); serving the newest version of %s", exc, name)
+            log.warning("control plane unavailable at start (%s); %s serves by the start-up rule", exc, name)
         except ControlCorrupt as exc:
             self._note_corrupt(name, exc)
             corrupt = True
         if shared is not None and self._apply(name, shared):
             return
-        for version in sorted(versions, reverse=True):
+        interfaces = self._interfaces_on_disk(name, versions)
+        for version in startup_order(interfaces):
             if self.load(name, version).state == "ready":
                 state = RoutingState(version)
                 self._set_routing(name, state)
                 if shared is None and not corrupt:  # first replica to serve this model: record it for the others
                     self._write_control(name, state, required=False)
+                others = sorted(v for v, i in interfaces.items() if i != interfaces[version])
+                if others:
+                    self.metrics.incompatible_versions.labels(name).inc(len(others))
+                    log.warning("model %s: versions %s have another interface than %s/%s (%s); not served. An admin "
+                                "routes to one with allow_interface_change", name, others, name, version,
+                                interfaces[version].difference(interfaces[others[-1]]))  # fmt: skip
                 return
+
+    def _interfaces_on_disk(self, name: str, versions: list[int]) -> dict:
+        """Each version's interface, read from its model.json (versions whose model.json does not
+        check out are left out: they could not load anyway)."""
+        interfaces = {}
+        for version in versions:
+            try:
+                spec = ModelSpec.model_validate_json((self.root / name / str(version) / "model.json").read_bytes())
+            except (OSError, ValueError):
+                continue
+            interfaces[version] = spec.interface()
+        return interfaces
 
     def _note_corrupt(self, name: str, exc: ControlCorrupt) -> None:
         """Garbage in a model's control keys: keep routing as is; say so once per distinct value."""
@@ -288,7 +316,34 @@ class Registry:
             self.metrics.model_loads.labels(name, "ok").inc()
             self.metrics.model_load_seconds.labels(name).observe(handle.load_seconds)
             log.info("model %s/%s ready on %s in %.3fs", name, version, handle.engine.describe(), handle.load_seconds)
+            change = self.interface_change(name, handle)
+            if change is not None:
+                self.metrics.incompatible_versions.labels(name).inc()
+                log.warning("model %s/%s has another interface than the serving version (%s); it takes no traffic "
+                            "unless an admin activates it with allow_interface_change", name, version, change)  # fmt: skip
             return entry
+
+    def interface_change(self, name: str, handle: ModelVersion) -> str | None:
+        """How `handle`'s interface differs from the serving version's (None: the same, or nothing serves).
+        A model name keeps one interface: requests written for it must keep working whatever version answers."""
+        routing = self._routing.get(name)
+        if routing is None:
+            return None
+        serving = next((mv for mv in routing.versions if mv.version == routing.state.active), routing.versions[0])
+        return serving.spec.interface().difference(handle.spec.interface())
+
+    def _check_interface(self, name: str, versions, allow_change: bool) -> None:
+        """409 when routing to `versions` would change the model's interface and the admin did not say so."""
+        if allow_change:
+            return
+        for version in versions:
+            handle = self._entries[name][version].handle
+            assert handle is not None
+            change = self.interface_change(name, handle)
+            if change is not None:
+                raise ApiError(409, "interface_change", f"{name}/{version} has another interface than the serving "
+                               f"version ({change}); requests written for {name} may fail on it. Send "
+                               '"allow_interface_change": true to route to it anyway', "allow_interface_change")  # fmt: skip
 
     # ---- routing ----
 
@@ -381,24 +436,39 @@ class Registry:
         self._seen[name].add(version)
         return self.load(name, version)
 
-    def activate(self, name: str, version: int) -> RoutingState:
+    def activate(self, name: str, version: int, allow_interface_change: bool = False) -> RoutingState:
         with self._locks[name]:
             self._ready_entry(name, version)
+            self._check_interface(name, [version], allow_interface_change)
             state = RoutingState(version)
             self._write_control(name, state)
             self._to_route.pop(name, None)  # an admin's choice wins over the watcher's pending one
             self._set_routing(name, state)
             return state
 
-    def split(self, name: str, weights: dict[int, float]) -> RoutingState:
+    def split(self, name: str, weights: dict[int, float], allow_interface_change: bool = False) -> RoutingState:
         with self._locks[name]:
-            for version in weights:
-                self._ready_entry(name, version)
             if max(weights.values()) <= 0:
                 raise ApiError(422, "invalid_split", "split weights must have a positive sum", "weights")
-            shares = {v: w for v, w in normalised(weights).items() if w > 0}
-            active = max(shares, key=lambda v: (shares[v], v))
-            state = RoutingState(active, shares if len(shares) > 1 else None)
+            for version in sorted(weights):
+                if weights[version] == 0:  # a typo'd weight must not quietly take an arm out of the test
+                    raise ApiError(422, "invalid_split", f"version {version} has weight 0: every version in a split "
+                                   "needs a weight > 0 (leave a version out to give it no traffic)", f"weights.{version}")  # fmt: skip
+            current = self._routing.get(name)
+            if current is not None and current.state.active not in weights:
+                # {"2": 1.0} while 1 serves would silently be an activate; a split changes shares, not the baseline.
+                raise ApiError(422, "invalid_split", f"a split must include the active version {current.state.active} "
+                               f"with a weight > 0; to move everyone to another version, activate it", "weights")  # fmt: skip
+            for version in weights:
+                self._ready_entry(name, version)
+            self._check_interface(name, weights, allow_interface_change)
+            counts = bucket_counts(weights)
+            for version in sorted(counts):
+                if counts[version] == 0:
+                    raise ApiError(422, "invalid_split", f"version {version}'s share is below one A/B bucket in "
+                                   f"{N_BUCKETS:,}: it would get no user", f"weights.{version}")  # fmt: skip
+            active = max(counts, key=lambda v: (counts[v], v))
+            state = RoutingState(active, counts if len(counts) > 1 else None)
             self._write_control(name, state)
             self._to_route.pop(name, None)
             self._set_routing(name, state)
@@ -430,7 +500,7 @@ class Registry:
                 raise ApiError(409, "version_serving", f"{name}/{version} receives traffic; route it away first", "version")
             entry = self._entries[name].pop(version)  # in-flight requests keep their own reference
             if entry.handle is not None:
-                self.metrics.forget_version(name, version, entry.handle.engine.provider)
+                self.metrics.forget_version(entry.handle)
             del entry
             release_memory()
             log.info("model %s/%s unloaded", name, version)
@@ -491,6 +561,10 @@ class Registry:
                 if entry.handle is not None:
                     spec = entry.handle.spec
                     engine = entry.handle.engine.describe()
+                    change = self.interface_change(model, entry.handle)
+                    row["compatible"] = change is None  # the serving version's interface
+                    if change is not None:
+                        row["interface_change"] = change
                     row.update(family=spec.family, provider=engine["provider"], io_binding=engine["io_binding"],
                                cuda_graph=engine["cuda_graph"], cpu_threads=engine["cpu_threads"],
                                tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
@@ -533,7 +607,9 @@ class Registry:
                 log.exception("model watcher poll failed")
 
     def poll(self) -> None:
-        """Load version folders that appeared (or failed and changed since); in `auto`, route to a newer one."""
+        """Load version folders that appeared (or failed and changed since); in `auto`, route to a newer
+        one with the same interface. A model that serves nothing yet (a new folder) serves by the
+        start-up rule in either mode: there is no rollout to protect."""
         self._note_vanished()
         for name in self.model_names():
             for version in self.versions_on_disk(name):
@@ -543,14 +619,38 @@ class Registry:
                 if entry is not None and not (entry.state == "failed" and entry.signature != folder_signature(self.root / name / str(version))):
                     continue
                 self._seen[name].add(version)
-                if self.load(name, version).state != "ready":
-                    continue
+                entry = self.load(name, version)
                 routing = self._routing.get(name)
-                newest = max(routing.state.weights()) if routing else 0
-                if self.settings.watch == "auto" and version > max(newest, self._to_route.get(name, 0)):
+                if entry.state != "ready" or routing is None:
+                    continue
+                if self.settings.watch != "auto" or version <= max(max(routing.state.weights()), self._to_route.get(name, 0)):
+                    continue
+                if routing.state.split:  # an admin's A/B test runs: auto does not end it
+                    log.info("model %s/%s loaded; the A/B split %s stays until an admin changes it", name, version,
+                             routing.state.weights())  # fmt: skip
+                elif self.interface_change(name, entry.handle) is None:
                     self._to_route[name] = version
+            if name not in self._routing:
+                self._serve_first(name)
         for name in list(self._to_route):
             self._route_new_version(name)
+
+    def _serve_first(self, name: str) -> None:
+        """A model that serves nothing yet: the control plane's state if another replica or an admin
+        wrote one, else the start-up rule among the versions loaded."""
+        try:
+            shared = self.control.read(name)
+        except ControlUnavailable:
+            return  # the next poll asks again
+        except ControlCorrupt as exc:
+            self._note_corrupt(name, exc)
+            return
+        if shared is not None:
+            self._apply(name, shared)
+            return
+        ready = {v: e.handle.spec.interface() for v, e in self._entries.get(name, {}).items() if e.handle}
+        if ready:
+            self._to_route[name] = startup_order(ready)[0]
 
     def _route_new_version(self, name: str) -> None:
         """auto: route to the newest version the watcher loaded, through the control plane, so that
@@ -559,6 +659,10 @@ class Registry:
         with self._locks[name]:
             version = self._to_route.get(name)
             if version is None:
+                return
+            entry = self._entries[name].get(version)
+            if entry is None or entry.handle is None or self.interface_change(name, entry.handle) is not None:
+                del self._to_route[name]  # unloaded, or an admin changed the interface meanwhile
                 return
             state = RoutingState(version)
             try:

@@ -132,19 +132,38 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON (code `invalid_json`, field `body`; the message gives line, column and "
+         "offset of the fault).",
+    401: "The admin token is missing or wrong.",
+    403: "The admin API is off (no RANKER_ADMIN_TOKEN).",
+    404: "Unknown model, version or path.",
+    408: "The body did not arrive in time.",
+    409: "A conflict with the model's state (a version not ready, serving, or of another interface).",
+    413: "The body or the number of candidates is over the limit.",
+    415: "The body was not sent as application/json.",
+    422: "Valid JSON that breaks the schema or a rule; `field` names the offending field as the client wrote it.",
+    503: "No model is ready, or the control plane cannot be reached.",
+}
+
+
 def error_responses(*codes: int) -> dict:
-    """OpenAPI entries for the error statuses a route answers, each in the one error shape
-    (400: a body that is not JSON at all; 415: one not sent as JSON; 413/408: the body limits of service.limits)."""
-    return {code: {"model": ErrorResponse} for code in codes}
+    """OpenAPI entries for the error statuses a route answers, each in the one error shape."""
+    return {code: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
 
 
 # ---- admin ----
+
+
+INTERFACE_OVERRIDE = ("route to a version whose interface (tasks, outputs, feature names, kinds and sources) "
+                      "differs from the serving version's; without it such a change is a 409")
 
 
 class ActivateRequest(_Wire):
     model_config = ConfigDict(**WIRE, json_schema_extra={"examples": [{"version": 4}]})
 
     version: Annotated[int, Field(ge=1)]
+    allow_interface_change: bool = Field(False, description=INTERFACE_OVERRIDE)
 
 
 def _version_key(key: Any) -> Any:
@@ -161,11 +180,13 @@ class SplitRequest(_Wire):
     model_config = ConfigDict(**WIRE, json_schema_extra={"examples": [{"weights": {"3": 0.9, "4": 0.1}}]})
 
     weights: dict[VersionKey, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
-        min_length=1, description='traffic weight per version, e.g. {"3": 0.9, "4": 0.1}; normalised to sum 1'
+        min_length=1, description='traffic weight per version, each > 0, the active version included, e.g. '
+        '{"1": 0.9, "2": 0.1}; normalised to whole A/B buckets out of 10,000 (shares in steps of 0.0001)'
     )
+    allow_interface_change: bool = Field(False, description=INTERFACE_OVERRIDE)
 
 
 class RoutingResponse(BaseModel):
     model: str
     active: int
-    split: dict[int, float] | None
+    split: dict[int, float] | None = Field(description="each version's share of users (A/B buckets / 10,000)")

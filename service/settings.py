@@ -20,9 +20,11 @@ class Settings(BaseSettings):
     redis_prefix: str = "ranker:"
     redis_timeout_ms: float = Field(20.0, gt=0)  # a feature fetch gives up after this; the request degrades
     control_resync_s: float = Field(5.0, gt=0)  # replicas re-read the control keys at least this often
-    # The watcher loads version folders that appear: `auto` also routes to a newer one, `explicit`
-    # waits for an admin call, `off` does not watch.
-    watch: Literal["auto", "explicit", "off"] = "auto"
+    # The watcher loads version folders that appear: `explicit` waits for an admin call, `auto` also
+    # routes to a newer one with the same interface, `off` does not watch. explicit by default: a
+    # folder written to the repository (a test run, a staged candidate) must not take production
+    # traffic by itself, nor end an A/B split; scripts/quickstart.sh asks for auto.
+    watch: Literal["auto", "explicit", "off"] = "explicit"
     watch_interval_s: float = Field(2.0, gt=0)
     device: Literal["auto", "cuda", "cpu"] = "auto"
     admin_token: SecretStr | None = None

@@ -282,3 +282,26 @@ def repo(tmp_path, trained, retrained):
     shutil.copytree(trained.version_dir, models / "ple" / "1")
     assert write_version(retrained, models, "ple").name == "2"
     return models
+
+
+def copy_version(models: Path, source: int, target: int, name: str = "ple", **spec_changes) -> Path:
+    """A new version folder holding the same model.onnx, its model.json renumbered (and changed)."""
+    import json
+
+    src, dst = models / name / str(source), models / name / str(target)
+    shutil.copytree(src, dst)
+    spec = json.loads((dst / "model.json").read_text())
+    spec.update(version=target, **spec_changes)
+    (dst / "model.json").write_text(json.dumps(spec))
+    return dst
+
+
+def other_interface_version(models: Path, source: int, target: int, name: str = "ple") -> Path:
+    """A version that loads (same model.onnx) but serves another interface: task vtr is called income,
+    as if another data set's model had been written under this name (issue 16)."""
+    import json
+
+    spec = json.loads((models / name / str(source) / "model.json").read_text())
+    tasks = [{**t, "name": "income"} if t["name"] == "vtr" else t for t in spec["tasks"]]
+    weights = {("income" if k == "vtr" else k): w for k, w in spec["scoring"]["weights"].items()}
+    return copy_version(models, source, target, name, tasks=tasks, scoring={**spec["scoring"], "weights": weights})

@@ -197,7 +197,7 @@ def test_non_finite_numbers_anywhere_are_rejected(client, literal, template, fie
 
 def test_malformed_json_and_unknown_routes_use_the_error_shape(client):
     r = client.post("/v1/rank", content=b'{"user": ', headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "error" in r.json()
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"  # README: malformed JSON is a 400
     r = client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
@@ -277,3 +277,39 @@ def test_a_body_not_sent_as_json_is_a_415_that_says_so(client, content_type):
     assert r.json()["error"]["field"] == "content-type" and "application/json" in r.json()["error"]["message"]
     ok = client.post("/v1/rank", content=body, headers={"content-type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/rank", "/v1/admin/models/ple/activate", "/v1/admin/models/ple/split",
+                                  "/v2/models/ple/infer"])  # fmt: skip
+def test_a_body_that_is_not_json_is_a_400_naming_where_and_a_schema_error_stays_a_422(trained, path):
+    settings = Settings(models_dir=trained.models_dir, features_dir=None, admin_token="t")
+    method = "PUT" if path.endswith("split") else "POST"
+    with TestClient(create_app(settings)) as c:
+
+        def send(content: bytes):
+            r = c.request(method, path, content=content,
+                          headers={"content-type": "application/json", "authorization": "Bearer t"})  # fmt: skip
+            return r.status_code, r.json()["error"]
+
+        status, error = send(b'{"version": 1,\n "candidates": [}')
+        assert (status, error["code"], error["field"]) == (400, "invalid_json", "body"), error
+        assert "Expecting value at line 2, column 17 (offset 31)" in error["message"], error
+        status, error = send(b'{"user": {"id": "\xff"}}')
+        assert (status, error["code"]) == (400, "invalid_json") and "not UTF-8" in error["message"], error
+        assert "line 1, column 18 (offset 17)" in error["message"], error
+        status, error = send(b"[" * 5000 + b"]" * 5000)
+        assert (status, error["code"]) == (400, "invalid_json") and "nested too deeply" in error["message"], error
+        status, error = send(b'{"version": "1", "weights": [], "user": 3, "inputs": 3}')  # JSON, not the schema
+        assert status == 422 and error["code"] == "invalid_request" and error["field"] != "body", error
+        assert c.get("/metrics").text.count('ranker_errors_total{kind="invalid_json"} 3.0') == 1
+
+
+def test_a_trailing_slash_is_a_404_in_the_error_shape_naming_the_path(client):
+    r = client.post("/v1/rank/", json=request(n=2), follow_redirects=False)
+    assert r.status_code == 404, (r.status_code, r.text)
+    error = r.json()["error"]
+    assert error["code"] == "not_found" and "did you mean /v1/rank " in error["message"], error
+    r = client.get("/v1/models/ple/", follow_redirects=False)
+    assert r.status_code == 404 and "did you mean /v1/models/ple " in r.json()["error"]["message"]
+    r = client.get("/v1/nothing/", follow_redirects=False)
+    assert r.status_code == 404 and "did you mean" not in r.json()["error"]["message"]

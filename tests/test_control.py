@@ -154,3 +154,21 @@ def test_a_new_version_waits_for_the_control_plane_instead_of_routing_one_replic
         own_redis.start()
         wait_until(lambda: routes(c) == {3: 1.0}, timeout=20, what="routing to 3 once Redis is back")
         assert redis.Redis.from_url(own_redis.url).get("w:model:ple:active") == b"3"
+
+
+def test_split_shares_are_stored_exactly_and_older_replicas_floats_still_read(repo, redis_prefix, keys):
+    key, r = keys
+    # What a replica before exact shares wrote for {"1": 0.9, "2": 0.1}.
+    r.set(key("active"), b"1")
+    r.set(key("split"), b'{"1": 0.8999999999999999, "2": 0.1}')
+    with TestClient(app_for(repo, redis_prefix)) as c:
+        assert routes(c) == {1: 0.9, 2: 0.1}
+        answer = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 0.7, "2": 0.2, "3": 0.1}}, headers=AUTH)
+        assert answer.status_code == 404  # version 3 does not exist; nothing written
+        answer = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 2, "2": 1}}, headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["split"] == {"1": 0.6667, "2": 0.3333}
+        stored = json.loads(r.get(key("split")))
+        assert stored == {"1": 0.6667, "2": 0.3333}
+        assert abs(sum(stored.values()) - 1.0) < 1e-9  # an older replica takes it as written (its own check)
+        history = json.loads(r.lindex(key("history"), 0))
+        assert history == {"active": 1, "split": {"1": 0.9, "2": 0.1}}

@@ -44,7 +44,7 @@ def test_every_error_code_the_service_raises_is_in_the_api_reference_with_its_st
         text = path.read_text()
         raised |= set(re.findall(r"ApiError\(\s*(\d{3}),\s*\"([a-z_]+)\"", text))
         raised |= set(re.findall(r"error_response\(\s*(\d{3}),\s*\"([a-z_]+)\"", text))
-    raised |= {("400", "invalid_body"), ("404", "not_found"), ("405", "method_not_allowed")}  # service/errors.py's map
+    raised |= {("400", "invalid_json"), ("404", "not_found"), ("405", "method_not_allowed")}  # service/errors.py's map
     assert len(raised) > 30
     documented = set()
     for row in table_rows((DOCS / "api.md").read_text()):

@@ -131,6 +131,7 @@ def test_openapi_documents_what_the_routes_answer():
             documented = set(operation["responses"])
             if method in ("post", "put"):
                 assert "400" in documented, (method, path)
+                assert "invalid_json" in operation["responses"]["400"]["description"], (method, path)
             if "{name}" in path:
                 assert "404" in documented, (method, path)
             for status in documented - {"200"}:

@@ -27,3 +27,15 @@ def test_training_does_not_import_the_service(module):
 def test_the_request_schema_does_not_pull_in_the_engines():
     loaded = imported_after("import service.schemas")
     assert not loaded & {"onnxruntime", "redis", "prometheus_client", "torch"}
+
+
+def test_the_package_metadata_builds_without_deprecation_warnings(tmp_path):
+    """pip install -e . printed setuptools' "project.license as a TOML table is deprecated" three times."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = f"import setuptools.build_meta as b; print(b.prepare_metadata_for_build_wheel({str(tmp_path)!r}))"
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert "deprecated" not in (out.stdout + out.stderr).lower(), out.stderr[-2000:]
+    metadata = (tmp_path / out.stdout.split()[-1] / "METADATA").read_text()
+    assert "License-Expression: MIT" in metadata.splitlines()

@@ -257,3 +257,37 @@ def test_an_unreadable_models_directory_serves_nothing_but_stays_up(tmp_path):
         assert c.get("/health/live").status_code == 200
         assert c.get("/health/ready").status_code == 503
         assert c.post("/v1/rank", json=REQUEST).status_code == 503
+
+
+def test_a_split_gives_every_version_a_weight_and_includes_the_active_one(repo):
+    with TestClient(create_app(settings(repo))) as c:
+        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
+        for weights, field, says in (({"1": 1.0}, "weights", "active version 2"),
+                                     ({"2": 1.0, "1": 0}, "weights.1", "weight 0")):  # fmt: skip
+            r = c.put("/v1/admin/models/ple/split", json={"weights": weights}, headers=AUTH)
+            assert r.status_code == 422, (weights, r.text)
+            assert r.json()["error"]["field"] == field and says in r.json()["error"]["message"], r.text
+            assert rank(c)["version"] == 2  # nothing changed
+        r = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 0.5, "2": 0.5}}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["split"] == {"1": 0.5, "2": 0.5}
+
+
+def test_split_shares_are_exactly_what_the_admin_sent(repo, caplog):
+    with TestClient(create_app(settings(repo))) as c:
+        c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH)
+        with caplog.at_level("INFO", logger="ranker.registry"):
+            r = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 0.9, "2": 0.1}}, headers=AUTH)
+        assert r.json() == {"model": "ple", "active": 1, "split": {"1": 0.9, "2": 0.1}}  # not 0.8999999999999999
+        assert {m["version"]: m["traffic_share"] for m in c.get("/v1/models").json()["models"]} == {1: 0.9, 2: 0.1}
+        metrics = c.get("/metrics").text
+        assert 'ranker_model_traffic_share{model="ple",version="1"} 0.9\n' in metrics
+        assert "model ple now routes {1: 0.9, 2: 0.1}" in caplog.text
+        # Shares are whole A/B buckets out of 10,000: 1:2 is 3333 and 6667 of them, exactly.
+        r = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 1, "2": 2}}, headers=AUTH)
+        assert r.json()["split"] == {"1": 0.3333, "2": 0.6667}
+        routing = c.app.state.registry._routing["ple"]
+        arms = [routing.pick(b).version for b in range(10_000)]
+        assert (arms.count(1), arms.count(2)) == (3333, 6667)
+        # A weight too small for one bucket would put a version in the split that no user reaches.
+        r = c.put("/v1/admin/models/ple/split", json={"weights": {"1": 1, "2": 1e-9}}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "weights.2", r.text

@@ -2,9 +2,12 @@
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from service.livestats import Histo, LiveStats, histogram_quantile, read_histogram
 from service.metrics import LATENCY_BUCKETS, Metrics
+from service.registry import load_version
+from service.settings import Settings
 
 
 def histo_of(samples, bounds=LATENCY_BUCKETS) -> Histo:
@@ -90,3 +93,26 @@ def test_live_stats_report_only_the_last_window():
     assert later["error_rate"] == 0 and later["errors_per_s"] == {}
     assert later["candidates_per_request"] == pytest.approx(10)
     assert later["requests_total"] == 50
+
+
+def test_versions_are_compared_over_the_window(trained):
+    """The arms of a split side by side: each version's requests, latency, errors and mean predictions."""
+    m = Metrics()
+    clock = [0.0]
+    live = LiveStats(m.registry, window_s=30, clock=lambda: clock[0])
+    v1 = load_version(trained.version_dir, Settings(device="cpu", features_dir=None))
+    for seconds, ok in ((0.004, True), (0.004, True), (0.040, False), (0.004, True)):
+        m.observe_version_request(v1, seconds, ok)
+    m.observe_predictions(v1, {"ctr": np.array([0.1, 0.3]), "vtr": np.array([0.5, 0.5])})
+    m.observe_predictions(v1, {"ctr": np.array([0.2]), "vtr": np.array([0.8])})
+    clock[0] = 2.0
+    [row] = live.summary()["versions"]
+    assert (row["model"], row["version"]) == ("ple", 1)
+    assert row["requests_per_s"] == pytest.approx(2.0) and row["error_rate"] == pytest.approx(0.25)
+    assert row["mean_prediction"] == pytest.approx({"ctr": 0.2, "vtr": 0.6})
+    assert row["candidates_per_s"] == pytest.approx(1.5)
+    assert 3 < row["latency_ms"]["p50"] <= 5 and row["latency_ms"]["p99"] > 30
+    m.forget_version(v1)  # unloaded: its series go, and so does its row
+    clock[0] = 4.0
+    assert live.summary()["versions"] == []
+    assert "version=\"1\"" not in generate_latest(m.registry).decode()

@@ -23,6 +23,10 @@ FAMILIES = {
     "ranker_model_active_version": "gauge",
     "ranker_model_traffic_share": "gauge",
     "ranker_requests_in_flight": "gauge",
+    # issue 16: per version, to compare the arms of a split
+    "ranker_version_request_duration_seconds": "histogram",
+    "ranker_scored_candidates": "counter",
+    "ranker_predicted_value": "counter",
 }
 
 
@@ -90,6 +94,13 @@ def test_dashboard_page_and_its_data(client):
     assert data["inference_ms"]["p99"] > 0 and data["candidates_per_request"] > 1
     models = [(m["name"], m["version"], m["active"], m["traffic_share"]) for m in data["models"]]
     assert models == [("ple", 1, True, 1.0)]
+    [version] = data["versions"]  # the arm of each version: here the only one
+    assert (version["model"], version["version"]) == ("ple", 1) and version["requests_per_s"] > 0
+    assert version["error_rate"] == 0  # the 422 above failed validation before any version was chosen
+    assert 0 < version["latency_ms"]["p50"] <= version["latency_ms"]["p99"]
+    assert 0 < version["inference_ms"]["p50"] <= version["inference_ms"]["p99"] <= version["latency_ms"]["p99"]
+    assert set(version["mean_prediction"]) == {"ctr", "vtr", "vcr", "shr", "cmr"}
+    assert all(0 < p < 1 for p in version["mean_prediction"].values()), version
 
 
 def test_unhandled_errors_and_early_rejections_are_counted_under_their_route(trained):

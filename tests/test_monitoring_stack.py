@@ -202,6 +202,10 @@ def test_every_grafana_query_returns_data_from_a_real_prometheus(server, prometh
     assert results[("Candidates per request", "mean")][0] > 5
     assert sorted(results[("Traffic split", "{{model}}/{{version}}")]) == pytest.approx([0.3, 0.7])
     assert results[("Active version", "{{model}}")] == [1.0]
+    # Per version: both arms answer, and their mean predictions are probabilities (or VCR in [0, 1]).
+    assert len(results[("Requests per second and error rate by version", "req/s {{model}}/{{version}}")]) == 2
+    predictions = results[("Mean prediction by version and task", "{{task}} {{model}}/{{version}}")]
+    assert len(predictions) == 10 and all(0 < p < 1 for p in predictions), predictions
 
 
 def test_grafana_queries_name_only_metrics_the_service_declares():
@@ -269,6 +273,19 @@ def test_dashboard_in_headless_chromium_updates_after_traffic(server, tmp_path):
             rows = page.locator("#models tr").all_inner_texts()
             assert len(rows) == 2 and "70 %" in rows[0] + rows[1] and "30 %" in rows[0] + rows[1], rows
             assert page.locator("#latency-chart polyline").count() == 3
+            # The arms of the split compared: a row and a line per version, with its own numbers.
+            arms = page.locator("#versions tr").all()
+            assert len(arms) == 2, page.locator("#versions").inner_text()
+            for arm, (name, share) in zip(arms, [("ple/1", "70 %"), ("ple/2", "30 %")]):
+                cells = arm.locator("td").all_inner_texts()
+                assert cells[0].startswith(name) and cells[1].strip().endswith(share), cells
+                assert float(cells[2]) > 0 and all(0 < float(c) < 1 for c in cells[6:]), cells  # req/s, mean predictions
+                p50, p99 = (float(v) for v in cells[3].split("/"))
+                assert 0 < p50 <= p99 < 1000, cells
+            headers = page.locator("#versions-head th").all_inner_texts()
+            assert headers[6:] == ["mean cmr", "mean ctr", "mean shr", "mean vcr", "mean vtr"], headers
+            for chart in ("#version-rps-chart", "#version-p99-chart"):
+                assert page.locator(f"{chart} polyline").count() == 2, chart
             page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
             # Checked before closing: closing aborts the page's next poll, which is no fault of the page.
             assert problems == []

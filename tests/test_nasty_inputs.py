@@ -36,7 +36,7 @@ def deep(depth):
          "application/json", 413, "candidates"),
         ("deeply nested", deep(100_000), "application/json", 400, "body"),
         ("nested features", deep(50), "application/json", 422, "user.features.a"),
-        ("truncated", json.dumps(OK).encode()[:-7], "application/json", 422, "body"),
+        ("truncated", json.dumps(OK).encode()[:-7], "application/json", 400, "body"),  # not JSON: 400, not 422
         ("not json", b"user=u1&candidates=v1", "application/x-www-form-urlencoded", 415, "content-type"),
         ("wrong content type", json.dumps(OK).encode(), "text/plain", 415, "content-type"),
         ("bad utf-8", b'{"user": {"id": "\xff\xfe"}}', "application/json", 400, "body"),

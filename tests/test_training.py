@@ -2,6 +2,7 @@
 expert utilisation, the MTL gain, and exports with gate outputs that the service still loads."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from training import config as run_config
 from training.config import parse_assignment
 from training.data import videolog
 from training.evaluate import mtl_gain
-from training.export import write_version
+from training.export import InterfaceChanged, write_version
 from training.losses import subspace_orthogonality
 from training.models import build_model, config_with
 from training.train import TrainConfig, encode, run_training, validation_losses
@@ -258,3 +259,35 @@ def test_cli_says_when_training_diverges_instead_of_failing_in_the_metrics(tmp_p
     assert code == 1 and stdout == []
     assert "training diverged" in stderr and "lower the learning rate" in stderr
     assert not (tmp_path / "models" / "ple").exists()
+
+
+def test_cli_refuses_another_data_sets_model_under_an_existing_name_before_reading_data(trained, tmp_path, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(trained.version_dir, models / "ple" / "1")  # the video ranker
+    small = ["--set", "data.synthetic.n=600", "--set", "data.synthetic.d=6", "--set", "model.expert_hidden=[8]",
+             "--epochs", "1", "--out", str(models)]  # fmt: skip
+    # census: refused before its data is looked for (there is no --data-dir here)
+    for data in (["--data", "census", "--data-dir", str(tmp_path / "none"), "--out", str(models)], ["--data", "synthetic", *small]):
+        code, stdout, stderr = run_cli([*data, "--model", "ple"], capsys)
+        assert code == 2 and stdout == [], stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ranker-train: --name ple: "), stderr
+        assert "--allow-interface-change" in lines[0] and "without" in lines[0] and "vtr (binary, vtr)" in lines[0], lines[0]
+    assert sorted(p.name for p in (models / "ple").iterdir()) == ["1"]
+    code, stdout, stderr = run_cli(["--data", "synthetic", *small, "--model", "ple", "--allow-interface-change"], capsys)
+    assert code == 0 and stdout[-1] == str(models / "ple" / "2"), stderr
+    code, stdout, _ = run_cli(["--data", "synthetic", *small, "--model", "ple", "--name", "syn"], capsys)
+    assert code == 0 and stdout[-1] == str(models / "syn" / "1")
+
+
+def test_write_version_refuses_a_changed_feature_schema_unless_allowed(trained, tmp_path):
+    first = tmp_path / "ple" / "1"
+    shutil.copytree(trained.version_dir, first)
+    spec = json.loads((first / "model.json").read_text())
+    spec["features"][0]["name"] = "renamed_feature"  # same tasks: only the whole interface shows it
+    (first / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(InterfaceChanged, match="renamed_feature"):
+        write_version(trained.result, tmp_path, "ple")
+    assert sorted(p.name for p in (tmp_path / "ple").iterdir()) == ["1"]  # nothing published, no staging left
+    assert write_version(trained.result, tmp_path, "ple", allow_interface_change=True).name == "2"
+    assert write_version(trained.result, tmp_path, "ple").name == "3"  # the same interface as 2: no question

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
+from contract.modelspec import tasks_interface
 from training import config as run_config
 from training.config import RunConfig
 from training.data.sets import DATA_SETS, load_data
 from training.distributed import DEVICES, resolve_device
 from training.evaluate import format_metrics, mtl_gain
-from training.export import write_version
+from training.export import InterfaceChanged, check_interface, write_version
 from training.losses import check_task_names
 from training.models import FAMILIES
 
@@ -41,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate-outputs", action="store_true", default=None, help="export gate weights as extra outputs")
     p.add_argument("--out", type=Path, default=None, help="model repository (default ./models)")
     p.add_argument("--name", default=None, help="model name in the repository (default: the family)")
+    p.add_argument("--allow-interface-change", action="store_true",
+                   help="add the version even if the model's latest version has other tasks, outputs or features "
+                        "(refused by default: the service would not route to it by itself)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder of the full census / KuaiRand files (default $RANKER_DATA_DIR, else <repo>/../shared/data; "
                         "bash scripts/fetch-data.sh downloads them; --set data.census.sample=true uses the committed "
@@ -107,6 +111,8 @@ def checked_config(args: argparse.Namespace) -> RunConfig:
     tasks = DATA_SETS[cfg.run.data].tasks(cfg.data)  # parquet: from the file's metadata
     check_task_names(tasks, loss_w0=cfg.train.loss_w0, loss_gamma=cfg.train.loss_gamma)
     check_outputs(cfg, args)
+    if not args.allow_interface_change:  # another data set's model under this name: say so before training
+        check_interface(Path(cfg.run.out) / cfg.run.version_name, tasks_interface(tasks))
     return cfg
 
 
@@ -159,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_metrics(result.metrics["validation"]), file=sys.stderr)
     print("test metrics:", file=sys.stderr)
     print(format_metrics(result.metrics["test"]), file=sys.stderr)
-    folder = write_version(result, Path(run.out), run.version_name)
+    try:  # the whole interface (features, outputs) is known now
+        folder = write_version(result, Path(run.out), run.version_name, args.allow_interface_change)
+    except InterfaceChanged as exc:
+        print(f"ranker-train: {exc}", file=sys.stderr)
+        return 2
     print(folder)
     return 0
 

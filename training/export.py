@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from contract.features import DENSE_INPUT, SPARSE_INPUT, FeatureTransform
-from contract.modelspec import DataSpec, ModelSpec, ScoringDefaults, TensorSpec, sha256_file
+from contract.modelspec import DataSpec, Interface, ModelSpec, ScoringDefaults, TensorSpec, sha256_file
 from training.train import TrainResult, sample_inputs
 
 OPSET = 18
@@ -110,8 +110,39 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def write_version(result: TrainResult, out: Path, name: str) -> Path:
-    """Export, check and publish a new version; returns its folder."""
+class InterfaceChanged(ValueError):
+    """A new version would change its model name's interface (contract.modelspec.Interface)."""
+
+
+def latest_spec(model_dir: Path) -> ModelSpec | None:
+    """The newest version's model.json in a model folder; versions whose model.json does not check
+    out are passed over (the service cannot load them either). None for a new model."""
+    try:
+        versions = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
+    except OSError:
+        return None
+    for version in versions:
+        try:
+            return ModelSpec.model_validate_json((model_dir / str(version) / "model.json").read_bytes())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def check_interface(model_dir: Path, interface: Interface) -> None:
+    """InterfaceChanged when the model folder's latest version has another interface than `interface`
+    (whose parts left None are not compared): a version under a name must serve that name's requests."""
+    latest = latest_spec(model_dir)
+    change = latest.interface().difference(interface) if latest is not None else None
+    if change is not None:
+        raise InterfaceChanged(
+            f"--name {model_dir.name}: {model_dir}/{latest.version} has another interface than this run ({change}); "
+            f"choose another --name, or pass --allow-interface-change to add it as version {latest.version + 1} anyway")
+
+
+def write_version(result: TrainResult, out: Path, name: str, allow_interface_change: bool = False) -> Path:
+    """Export, check and publish a new version; returns its folder. InterfaceChanged (nothing written)
+    when the model's latest version has another interface, unless `allow_interface_change`."""
     model, data = result.model, result.dataset
     model_dir = Path(out) / name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +179,8 @@ def write_version(result: TrainResult, out: Path, name: str) -> Path:
                 onnx_sha256=sha256_file(onnx_path),
                 opset=OPSET,
             )
+            if not allow_interface_change:
+                check_interface(model_dir, spec.interface())
             (staging / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
             metrics_json = {**spec.metrics, "history": result.history, "family": model.family,
                             "hyperparameters": spec.hyperparameters, "data": spec.training_data.model_dump()}  # fmt: skip

@@ -4,12 +4,12 @@ import hmac
 from typing import Annotated, Any, Callable, Coroutine
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
-from fastapi.routing import APIRoute
 
 from contract.modelspec import NAME_PATTERN
 from service.control import RoutingState
 from service.deps import RegistryDep, SettingsDep
 from service.errors import ApiError
+from service.jsonbody import JSONRoute
 from service.schemas import ActivateRequest, RoutingResponse, SplitRequest, error_responses
 
 
@@ -23,9 +23,9 @@ def require_admin(settings: SettingsDep, authorization: Annotated[str | None, He
         raise ApiError(401, "unauthorized", "admin endpoints need 'Authorization: Bearer <RANKER_ADMIN_TOKEN>'")
 
 
-class AdminRoute(APIRoute):
+class AdminRoute(JSONRoute):
     """Checks the token before FastAPI reads the body: a caller without it learns nothing about what
-    a valid body looks like (a 401, not a 422 for malformed JSON)."""
+    a valid body looks like (a 401, not a 400 for malformed JSON). Bodies are read as on /v1/rank."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -46,7 +46,7 @@ Version = Annotated[int, Path(ge=1)]
 
 
 def routing(name: str, state: RoutingState) -> RoutingResponse:
-    return RoutingResponse(model=name, active=state.active, split=state.split)
+    return RoutingResponse(model=name, active=state.active, split=state.weights() if state.split else None)
 
 
 @router.post("/{name}/versions/{version}/load")
@@ -61,7 +61,7 @@ def load(name: Name, version: Version, registry: RegistryDep) -> dict:
 @router.post("/{name}/activate")
 def activate(name: Name, body: ActivateRequest, registry: RegistryDep) -> RoutingResponse:
     """Send every user to one ready version (on every replica)."""
-    return routing(name, registry.activate(name, body.version))
+    return routing(name, registry.activate(name, body.version, body.allow_interface_change))
 
 
 @router.post("/{name}/rollback")
@@ -73,7 +73,7 @@ def rollback(name: Name, registry: RegistryDep) -> RoutingResponse:
 @router.put("/{name}/split")
 def split(name: Name, body: SplitRequest, registry: RegistryDep) -> RoutingResponse:
     """Share traffic between ready versions; a user's bucket keeps them in one arm."""
-    return routing(name, registry.split(name, body.weights))
+    return routing(name, registry.split(name, body.weights, body.allow_interface_change))
 
 
 @router.delete("/{name}/versions/{version}")

@@ -8,10 +8,12 @@ from contract.modelspec import NAME_PATTERN
 from service import kserve
 from service.deps import RegistryDep, SettingsDep
 from service.errors import ApiError
+from service.jsonbody import JSONRoute
 from service.responses import JSONBytes
 from service.schemas import error_responses
 
-router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=error_responses(400, 404, 408, 409, 413, 415, 422, 503))
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=error_responses(400, 404, 408, 409, 413, 415, 422, 503),
+                   route_class=JSONRoute)  # bodies read as on /v1/rank: malformed JSON is a 400 with its position
 Name = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[int, Path(ge=1)]
 

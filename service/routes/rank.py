@@ -1,6 +1,6 @@
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.deps import RankerDep
 from service.jsonbody import JSONRoute
@@ -14,13 +14,17 @@ ERRORS = error_responses(400, 404, 408, 409, 413, 415, 422, 503)
 
 
 @router.post("/v1/rank", response_model=RankResponse, response_class=JSONBytes, responses=ERRORS)
-def rank(body: RankRequest, ranker: RankerDep) -> JSONBytes:
+def rank(body: RankRequest, ranker: RankerDep, request: Request) -> JSONBytes:
     """Score every candidate in one inference call and return them best first."""
     # A plain def: FastAPI runs it in the threadpool, so inference never blocks the event loop.
     stages: dict[str, float] = {}
     # Client-chosen ids in a log line: service.logsafe escapes their control characters.
     log.debug("rank request_id=%s user=%s candidates=%d first=%s", body.request_id, body.user.id,
               len(body.candidates), body.candidates[0]["id"])  # fmt: skip
-    result = ranker.rank(body, stages)
+    served: dict = {}
+    try:
+        result = ranker.rank(body, stages, served)
+    finally:  # the metrics middleware times the whole request under the version that answered it
+        request.state.model_version = served.get("version")
     timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items())
     return JSONBytes(result, headers={"Server-Timing": timing})
