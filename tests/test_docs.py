@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from prometheus_client.metrics import MetricWrapperBase
 
 from service.metrics import Metrics

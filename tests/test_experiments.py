@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from contract.features import FeatureTransform
+from experiments.runner import Outcome, Run, Runner, gain, paired_gains
 from training.data import videolog
-from training.experiments.runner import Outcome, Run, Runner, gain, paired_gains
 from training.train import TrainConfig, encode, run_training
 
 EXPERIMENTS = ["synthetic", "census", "kuairand", "utilization", "loss", "levels"]
@@ -21,7 +21,7 @@ EXPERIMENTS = ["synthetic", "census", "kuairand", "utilization", "loss", "levels
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
-    run = subprocess.run([sys.executable, "-m", "training.experiments", "all", "--quick", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "experiments", "all", "--quick", "--out", str(out)],
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     return out
@@ -33,7 +33,7 @@ def test_all_six_experiments_land_in_one_report_with_their_figures(quick_report)
     assert "census_income_kdd in datasets/samples/" in report and "tsv in datasets/samples/" in report
     for n, name in enumerate(EXPERIMENTS, start=1):
         assert f"## {n}. " in report
-        assert f"python -m training.experiments {name} --quick" in report
+        assert f"python -m experiments {name} --quick" in report
     linked = [line.split("(", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert len(linked) >= 6
     for link in linked:
@@ -50,7 +50,7 @@ def test_runs_are_kept_and_a_rerun_trains_nothing(quick_report):
     assert set(before) >= {f"{n}.jsonl" for n in ("synthetic", "census", "kuairand", "loss", "levels", "utilization")}
     rows = [json.loads(line) for text in before.values() for line in text.splitlines()]
     assert all(set(r["test"]) and r["seconds"] >= 0 for r in rows)
-    run = subprocess.run([sys.executable, "-m", "training.experiments", "census", "loss", "--quick", "--out", str(quick_report)],
+    run = subprocess.run([sys.executable, "-m", "experiments", "census", "loss", "--quick", "--out", str(quick_report)],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert {p.name: p.read_text() for p in (quick_report / "data").glob("*.jsonl")} == before
@@ -58,7 +58,7 @@ def test_runs_are_kept_and_a_rerun_trains_nothing(quick_report):
 
 
 def test_unknown_experiment_is_refused():
-    run = subprocess.run([sys.executable, "-m", "training.experiments", "nope"], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "experiments", "nope"], capture_output=True, text=True)
     assert run.returncode == 2 and "unknown experiment" in run.stderr
 
 
@@ -104,7 +104,7 @@ def test_the_naive_loss_pulls_after_click_predictions_towards_zero():
 
 
 def test_the_command_refuses_a_bad_out_or_threads_in_one_line_and_reports_into_a_new_folder(tmp_path, capsys):
-    from training.experiments.__main__ import main
+    from experiments.__main__ import main
 
     (tmp_path / "a-file").write_text("")
     for args in (["report", "--threads", "0"], ["report", "--out", str(tmp_path / "a-file")]):
@@ -116,7 +116,7 @@ def test_the_command_refuses_a_bad_out_or_threads_in_one_line_and_reports_into_a
 
 
 def test_paired_comparisons_separate_a_steady_gain_from_noise():
-    from training.experiments.stats import paired
+    from experiments.stats import paired
 
     steady = paired([0.951, 0.952, 0.950, 0.953, 0.951], [0.949, 0.950, 0.948, 0.951, 0.949])  # +0.002 every seed
     assert steady.mean == pytest.approx(0.002) and steady.wins == 5 and steady.verdict() == "better"

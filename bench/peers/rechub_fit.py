@@ -1,6 +1,6 @@
 """torch-rechub's PLE or MMOE trained and evaluated on a split we encoded (run in its venv).
 
-The reference run of reports/experiments.md (experiment 2): training/experiments/census.py writes the
+The reference run of reports/experiments.md (experiment 2): experiments/census.py writes the
 census split, encoded by our feature transform, with our model's sizes; this script trains rechub's
 model with the same recipe (Adam, batch size, epochs, early stopping on the validation loss with
 the same patience, masked per-task losses) and prints one JSON line with the test AUC per task.

@@ -100,7 +100,7 @@ def missing_message(path: Path, data_set: str) -> str:
     return (f"{path} not found. The full data sets are not in the repository: download them with "
             f"`{FETCH_COMMAND} [--data-dir DIR]` (default ${DATA_DIR_ENV}, else <repo>/../shared/data), point "
             f"--data-dir or ${DATA_DIR_ENV} at a folder that has them, or use the committed sample in datasets/samples/ "
-            f"(ranker-train --set data.{data_set}.sample=true; python -m training.experiments --quick; docs/data.md)")  # fmt: skip
+            f"(ranker-train --set data.{data_set}.sample=true; python -m experiments --quick; docs/data.md)")  # fmt: skip
 
 
 def check(root: Path, files: Iterable[FullFile] = FULL_FILES) -> list[tuple[FullFile, str]]:

@@ -8,10 +8,10 @@ recipe, seeds 0-4, and every gain is paired by seed (Eq. 11) and tested (stats.p
 
 from __future__ import annotations
 
-from training.experiments.context import Context
-from training.experiments.report import gain_cells, metric_cells, metric_names, seconds, table
-from training.experiments.runner import Outcome, Run, paired_gains
-from training.experiments.stats import paired
+from experiments.context import Context
+from experiments.report import gain_cells, metric_cells, metric_names, seconds, table
+from experiments.runner import Outcome, Run, paired_gains
+from experiments.stats import paired
 
 TITLE = "The simulator at one million impressions: MTL gain on every task"
 FAMILIES = ["single-task", "mmoe", "ple"]

@@ -1,4 +1,4 @@
-"""python -m training.experiments NAME [NAME ...] | all | report  [--quick] [--out reports] [--seeds 0 1 2]"""
+"""python -m experiments NAME [NAME ...] | all | report  [--quick] [--out reports] [--seeds 0 1 2]"""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from pathlib import Path
 
 import torch
 
-from training.experiments import EXPERIMENTS
-from training.experiments.context import Context
-from training.experiments.report import machine_line
-from training.experiments.runner import REPORTS
+from experiments import EXPERIMENTS
+from experiments.context import Context
+from experiments.report import machine_line
+from experiments.runner import REPORTS
 
 HEADER = """# Experiments: the PLE and MMoE papers' findings, reproduced with this package
 
-Every table and figure below was produced by `python -m training.experiments NAME` (one command per
+Every table and figure below was produced by `python -m experiments NAME` (one command per
 experiment; `all` runs them in order) on CPU. Each training run is one call of the package's own
 `run_training` (the loop of `ranker-train`), its results kept as a JSON line in
 [reports/data/](data/) and its figures in [reports/figures/](figures/); rerunning reads the kept
-results instead of training again (delete a file to retrain). `python -m training.experiments report`
+results instead of training again (delete a file to retrain). `python -m experiments report`
 rebuilds this page from the sections. Seeds are listed per experiment. MTL gain is the PLE paper's
 Eq. 11: the multi-task model's metric minus the single-task model's (for MSE, the other way round),
 paired by seed, so positive always means "better than single-task".
@@ -39,7 +39,7 @@ def assemble(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.experiments", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
     p.add_argument("names", nargs="+", metavar="NAME", help=f"{', '.join(EXPERIMENTS)}, all, or report")
     p.add_argument("--out", type=Path, default=REPORTS)
     p.add_argument("--quick", action="store_true", help="tiny sizes on the committed data samples (datasets/samples/), 2 seeds: checks the path, "
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             body = module.run(ctx)
         except FileNotFoundError as exc:  # a full data file missing: the loader says where it looked and what to do
-            print(f"python -m training.experiments {name}: {exc}", file=sys.stderr)
+            print(f"python -m experiments {name}: {exc}", file=sys.stderr)
             return 2
-        command = f"python -m training.experiments {name}" + (" --quick" if args.quick else "")
+        command = f"python -m experiments {name}" + (" --quick" if args.quick else "")
         section = (f"## {list(EXPERIMENTS).index(name) + 1}. {module.TITLE}\n\n`{command}` — "
                    f"{time.perf_counter() - start:.0f} s for this (re)build; {machine_line()}.\n\n{body}\n")  # fmt: skip
         (ctx.out / "sections").mkdir(parents=True, exist_ok=True)

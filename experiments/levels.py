@@ -3,10 +3,10 @@ group), and 1, 2 and 4 experts per group (2 levels)."""
 
 from __future__ import annotations
 
-from training.experiments import census, plots
-from training.experiments.context import Context
-from training.experiments.report import metric_cells, seconds, table
-from training.experiments.runner import Outcome, mean_std
+from experiments import census, plots
+from experiments.context import Context
+from experiments.report import metric_cells, seconds, table
+from experiments.runner import Outcome, mean_std
 
 TITLE = "PLE: number of extraction levels and experts per group"
 

@@ -1,4 +1,4 @@
-"""The papers' experiments, run with this package: `python -m training.experiments NAME`.
+"""The papers' experiments, run with this package: `python -m experiments NAME`.
 
 Each experiment module has TITLE and run(Context) -> markdown; results of every training run are
 kept in reports/data/*.jsonl (a rerun reads them instead of training again), figures go to
@@ -8,8 +8,8 @@ discussion in reports/discussion.md.
 
 from __future__ import annotations
 
-from training.experiments import census, kuairand, levels, loss, simulator, synthetic, utilization
-from training.experiments.tuned import census_tuned, kuairand_tuned
+from experiments import census, kuairand, levels, loss, simulator, synthetic, utilization
+from experiments.tuned import census_tuned, kuairand_tuned
 
 # Report order = the issue's order; utilization reuses KuaiRand's runs, levels census's recipe.
 EXPERIMENTS = {

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.experiments import plots
-from training.experiments.context import Context
-from training.experiments.report import gain_cells, metric_cells, pm, seconds, table
-from training.experiments.runner import Run, load_dataset, mean_std, paired_gains
+from experiments import plots
+from experiments.context import Context
+from experiments.report import gain_cells, metric_cells, pm, seconds, table
+from experiments.runner import Run, load_dataset, mean_std, paired_gains
 
 TITLE = "Synthetic data: MTL gain against task correlation"
 FAMILIES = ["single-task", "shared-bottom", "omoe", "mmoe", "cgc", "ple"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.experiments import plots
-from training.experiments.context import Context
-from training.experiments.report import gain_cells, metric_cells, metric_names, seconds, table
-from training.experiments.runner import Outcome, Run, mean_std, paired_gains
+from experiments import plots
+from experiments.context import Context
+from experiments.report import gain_cells, metric_cells, metric_names, seconds, table
+from experiments.runner import Outcome, Run, mean_std, paired_gains
 
 TITLE = "KuaiRand: real short-video logs and the seesaw"
 FAMILIES = ["single-task", "shared-bottom", "mmoe", "cgc", "ple", "adatt"]

@@ -6,7 +6,7 @@ import datetime as dt
 import os
 from typing import Sequence
 
-from training.experiments.runner import Outcome, machine, mean_std, paired_gains
+from experiments.runner import Outcome, machine, mean_std, paired_gains
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.experiments.runner import Runner
+from experiments.runner import Runner
 
 
 @dataclass

@@ -4,10 +4,10 @@ over every impression, and per-epoch task weights w_k0 * gamma_k^t vs static wei
 
 from __future__ import annotations
 
-from training.experiments import plots
-from training.experiments.context import Context, simulator_plan
-from training.experiments.report import metric_cells, metric_names, seconds, table
-from training.experiments.runner import Outcome, Run, mean_std
+from experiments import plots
+from experiments.context import Context, simulator_plan
+from experiments.report import metric_cells, metric_names, seconds, table
+from experiments.runner import Outcome, Run, mean_std
 
 TITLE = "Loss design: sample-space loss and dynamic task weights"
 TASKS = ["ctr", "vtr", "vcr", "shr", "cmr"]

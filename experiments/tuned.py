@@ -6,7 +6,7 @@ base rate, so every task weighs the same; baselines: one study per task, that ta
 loss). The best configuration of each is kept as `examples/tuned/<data>-<model>.toml` (rerunning
 reads it instead of tuning again; delete it to tune again), then trained with seeds 0-4 and scored
 on the test split. Every PLE-versus-X claim is a paired comparison over those seeds
-(training/experiments/stats.py).
+(experiments/stats.py).
 
 To spread a study over several processes, point `RANKER_TUNING_STORAGE` at a PostgreSQL database
 and start `ranker-tune` with the same `--study`, `--config` (the base recipe below, as written to
@@ -19,11 +19,11 @@ import os
 import tomllib
 from dataclasses import dataclass
 
+from experiments.context import Context
+from experiments.report import metric_cells, metric_names, pm, seconds, table
+from experiments.runner import REPORTS, Outcome, Run, load_dataset, mean_std
+from experiments.stats import paired
 from training import config as run_config
-from training.experiments.context import Context
-from training.experiments.report import metric_cells, metric_names, pm, seconds, table
-from training.experiments.runner import REPORTS, Outcome, Run, load_dataset, mean_std
-from training.experiments.stats import paired
 
 EXAMPLES = REPORTS.parent / "examples" / "tuned"
 BASELINES = ("lightgbm", "logistic")
@@ -89,7 +89,7 @@ def tuned(setup: Setup, ctx: Context, model: str) -> dict:
         best = run_study(study, storage(ctx), network_objective(cfg, dataset), trials, 0, False).best_trial
         tables = best.user_attrs["tables"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# python -m training.experiments {setup.data}-tuned: the best of {trials} trials "
+    path.write_text(f"# python -m experiments {setup.data}-tuned: the best of {trials} trials "
                     f"(study {study!r})\n" + run_config.to_toml(tables))  # fmt: skip
     return tables
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from contract.features import FeatureTransform
-from training.experiments import plots
-from training.experiments.context import Context
-from training.experiments.report import gain_cells, metric_cells, pm, seconds, table
-from training.experiments.runner import REPORTS, Outcome, Run, load_dataset, mean_std, paired_gains
+from experiments import plots
+from experiments.context import Context
+from experiments.report import gain_cells, metric_cells, pm, seconds, table
+from experiments.runner import REPORTS, Outcome, Run, load_dataset, mean_std, paired_gains
 from training.models import FAMILIES, default_config
 
 TITLE = "Census-income: the whole zoo, the published numbers and an outside reference"

@@ -3,10 +3,10 @@ for MMoE, CGC and PLE, on the simulator and on KuaiRand (the first seed's runs).
 
 from __future__ import annotations
 
-from training.experiments import kuairand, plots
-from training.experiments.context import Context, simulator_plan
-from training.experiments.report import table
-from training.experiments.runner import Outcome, Run
+from experiments import kuairand, plots
+from experiments.context import Context, simulator_plan
+from experiments.report import table
+from experiments.runner import Outcome, Run
 from training.models import config_with
 
 TITLE = "Expert utilization of the gates"
