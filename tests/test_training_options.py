@@ -164,3 +164,25 @@ def small_tasks():
     from contract.modelspec import TaskSpec
 
     return [TaskSpec(name="a", kind="binary", label="a", output="a")]
+
+
+def test_the_averaged_weights_are_judged_kept_and_exported(small_log, tmp_path):
+    plain = run_training(small_log, "mmoe", TrainConfig(epochs=2, batch_size=256, seed=3), config_with("mmoe", SMALL), **QUIET)
+    config = TrainConfig(epochs=2, batch_size=256, seed=3, ema_decay=0.9)
+    averaged = run_training(small_log, "mmoe", config, config_with("mmoe", SMALL), **QUIET)
+    # the same steps, but what is kept is the average, not the last step's weights
+    assert not torch.equal(plain.model.state_dict()["towers.mlp.weights.0"], averaged.model.state_dict()["towers.mlp.weights.0"])
+    _, val, _ = small_log.split(seed=small_log.seed)
+    from training.train import validation_losses
+
+    kept = validation_losses(averaged.model, encode(FeatureTransform(averaged.features), val), val)
+    best = averaged.history[averaged.best_epoch]
+    assert float(kept.sum()) == pytest.approx(sum(best[f"val_loss_{t.name}"] for t in small_log.tasks), rel=1e-5)
+    write_version(averaged, tmp_path / "models", "mmoe")  # the kept average exports with ORT parity
+
+
+def test_averaging_keeps_a_ple_with_masked_gates_finite(small_log):
+    # PLE's gate biases hold -inf for the experts a gate may not use: averaging them would give NaN
+    config = TrainConfig(epochs=1, batch_size=256, ema_decay=0.5)
+    result = run_training(small_log, "ple", config, config_with("ple", SMALL), **QUIET)
+    assert all(np.isfinite(m["auc"]) for t, m in result.metrics["test"].items() if "auc" in m)

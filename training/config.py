@@ -57,6 +57,9 @@ class TrainConfig:
     # "bins" (an embedded quantile bin) or "piecewise" (piecewise-linear over quantile bins).
     numeric_encoding: Literal["standard", "bins", "piecewise"] = "standard"
     numeric_bins: Annotated[int, Field(ge=2, le=256)] = 16
+    # Keep an exponential moving average of the weights (this decay per step, e.g. 0.998) and judge,
+    # keep and export it instead of the last step's weights; None: off.
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
 
 
 # What ranker-tune searches for the recipe; per-task loss weights are added for the data set's tasks.

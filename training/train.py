@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from contract.features import Encoded, FeatureTransform, fit_dense
@@ -221,6 +222,10 @@ def fit(
     w0 = epoch_task_weights(dataset.tasks, 0, config.loss_w0, {})
     base = base_rate_losses(val)
     penalty_weight = model.penalty_weight()  # sluice's subspace orthogonality; 0 for other families
+    # An exponential moving average of the weights (updated after every step) is what is judged and kept.
+    # Buffers are constants here (offsets, masks, -inf gate biases): copied, never averaged.
+    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=False)
+                if config.ema_decay else None)  # fmt: skip
     history: list[dict[str, float]] = []
     best = (float("inf"), -1, None)  # selection score, epoch, weights
     start = time.perf_counter()
@@ -246,16 +251,19 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             balancer.backward(weights * per_task, params, penalty)
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             if penalty is not None:
                 penalty_total += penalty.detach()
             total += per_task.detach()
             steps += 1
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         steps = max(steps, 1)
-        val_losses = validation_losses(model, enc["val"], val)
+        judged = averaged.module if averaged is not None else model  # the weights that would be kept
+        val_losses = validation_losses(judged, enc["val"], val)
         val_loss = float((w0 * val_losses).sum())
         score = selection_score(val_losses, w0, base, config.selection)
-        val_metrics = task_metrics(predict(model, enc["val"].sparse_ids, enc["val"].dense), val.labels, val.masks, dataset.tasks)
+        val_metrics = task_metrics(predict(judged, enc["val"].sparse_ids, enc["val"].dense), val.labels, val.masks, dataset.tasks)
         history.append({"epoch": epoch, "val_loss": val_loss, "val_score": score,
                         "val_normalized_loss": float((val_losses / base).mean()), **balancer.describe(),
                         **{f"val_loss_{t.name}": float(val_losses[k]) for k, t in enumerate(dataset.tasks)},
@@ -269,7 +277,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, history[-1])  # may stop the run (a tuner pruning a poor trial)
         if score < best[0]:
-            best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            best = (score, epoch, {k: v.detach().clone() for k, v in judged.state_dict().items()})
         elif config.patience and epoch - best[1] >= config.patience:
             log(f"early stop: no better validation {config.selection} for {config.patience} epoch(s); "
                 f"keeping epoch {best[1] + 1}")  # fmt: skip
