@@ -32,6 +32,9 @@ def test_swaps_under_paced_load_lose_no_request_and_leak_nothing(trained, tmp_pa
     result = json.loads(out.read_text())
     steady, swapping = result["phases"]["steady"], result["phases"]["swapping"]
     assert steady["failed"] == 0 and swapping["failed"] == 0
+    # A retry (a request resent on a reused connection the server had closed) would be the
+    # keep-alive race below: the server must not close connections its clients still reuse.
+    assert steady["retried"] == 0 and swapping["retried"] == 0
     assert steady["n"] >= 20 and swapping["n"] >= 20  # traffic did flow through both phases
     assert swapping["versions_seen"] >= 3  # requests were answered by several of the swapped-in versions
     assert result["achieved_rps_swapping"] < 20 * 1.2  # paced, not flat out
