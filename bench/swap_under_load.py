@@ -54,6 +54,7 @@ class Load:
         self.url, self.concurrency, self.rate = url, concurrency, rate  # rate: requests/s in all, None: flat out
         self.phase = "warmup"
         self.records: list[tuple[str, float, int, int | None]] = []  # phase, seconds, status, version
+        self.retried: Counter = Counter()  # per phase: requests sent again after a closed keep-alive connection
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -69,14 +70,36 @@ class Load:
                         await asyncio.sleep(max(0.0, due - time.perf_counter()))
                         sent += 1
                     phase, t = self.phase, time.perf_counter()
-                    try:
-                        r = await client.post("/v1/rank", content=BODY, headers={"content-type": "application/json"})
-                        status, version = r.status_code, r.json().get("version")
-                    except httpx.HTTPError:
-                        status, version = 0, None
+                    status, version, retried = await self._rank(client)
                     self.records.append((phase, time.perf_counter() - t, status, version))
+                    self.retried[phase] += retried
 
             await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
+
+    @staticmethod
+    async def _rank(client: httpx.AsyncClient) -> tuple[int, int | None, bool]:
+        """One /v1/rank call as a correct HTTP/1.1 client makes it: a request sent on a reused
+        keep-alive connection that the server closed before any byte of the answer (the keep-alive
+        race, docs/reliability.md) is sent once more on a new connection, as browsers and Go do;
+        /v1/rank is idempotent. Returns (status, version, retried); status 0: no HTTP answer."""
+        for attempt in (0, 1):
+            reused, answering = True, False
+
+            async def trace(event: str, info: dict) -> None:
+                nonlocal reused, answering
+                reused = reused and event != "connection.connect_tcp.started"
+                answering = answering or event == "http11.receive_response_headers.complete"
+
+            try:
+                r = await client.post("/v1/rank", content=BODY, headers={"content-type": "application/json"},
+                                      extensions={"trace": trace})  # fmt: skip
+                return r.status_code, r.json().get("version"), attempt == 1
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+                if attempt == 1 or not reused or answering:
+                    return 0, None, attempt == 1
+            except httpx.HTTPError:
+                return 0, None, attempt == 1
+        raise AssertionError("unreachable")
 
     def throughput(self, phase: str, seconds: float) -> float:
         return sum(1 for r in self.records if r[0] == phase and r[2] == 200) / seconds
@@ -168,6 +191,8 @@ def main() -> None:
                           "failed": sum(1 for r in rows if r[2] != 200),
                           # status of each failure (0: no HTTP answer), so a failure can be told apart
                           "failed_statuses": dict(Counter(str(r[2]) for r in rows if r[2] != 200)),
+                          # answered on a second try: the server had closed the reused connection
+                          "retried": load.retried[phase],
                           "versions_seen": len({r[3] for r in rows})}  # fmt: skip
     result = {"machine": machine(), "swaps": args.swaps, "concurrency": args.concurrency, "model": str(source),
               "capacity_rps": capacity, "target_rps": rate, "swap_every_s": args.swap_every,
@@ -178,8 +203,8 @@ def main() -> None:
               "swap_call_ms": percentiles_ms(swap_seconds), "phases": summary,
               "server_before": before, "server_after": after,
               "rss_growth_mb": after["rss_mb"] - before["rss_mb"], "rss_every_10_swaps_mb": rss_trend}  # fmt: skip
-    print_table(["phase", "requests", "failed", "p50 ms", "p95 ms", "p99 ms", "versions"],
-                [[ph, s["n"], s["failed"], s["p50_ms"], s["p95_ms"], s["p99_ms"], s["versions_seen"]]
+    print_table(["phase", "requests", "failed", "retried", "p50 ms", "p95 ms", "p99 ms", "versions"],
+                [[ph, s["n"], s["failed"], s["retried"], s["p50_ms"], s["p95_ms"], s["p99_ms"], s["versions_seen"]]
                  for ph, s in summary.items()])  # fmt: skip
     print(f"\nswap (load + activate + unload) p50 {result['swap_call_ms']['p50_ms']:.1f} ms, "
           f"p99 {result['swap_call_ms']['p99_ms']:.1f} ms")  # fmt: skip

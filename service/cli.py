@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     # One worker per process: metrics and the model registry live in this process. log_config=None:
     # uvicorn's records go through the same escaping formatter as ours (no log injection).
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, access_log=False, log_config=None)  # fmt: skip
+                            log_level=settings.log_level, access_log=False, log_config=None,
+                            timeout_keep_alive=settings.keep_alive_s)  # fmt: skip
     _Server(config).run()
     return 0
 

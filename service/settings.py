@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 << 20, ge=1024)
     body_timeout_s: float = Field(10.0, gt=0)  # the whole body must arrive within this (408 otherwise)
     max_features: int = Field(256, ge=1)  # per user, context or candidate
+    # Seconds an idle keep-alive connection stays open (uvicorn's timeout_keep_alive, 5 by default).
+    # Longer than the idle expiry of the clients and proxies that reuse connections (httpx 5 s,
+    # Node 4 s, nginx upstream keepalive and AWS ALB 60 s): one that closes first can close a
+    # connection at the moment a client reuses it, and that request gets no answer
+    # (docs/reliability.md, "Keep-alive").
+    keep_alive_s: int = Field(75, ge=1)
 
     @field_validator("features_dir", "redis_url", "admin_token", "default_model", mode="before")
     @classmethod
