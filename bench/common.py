@@ -23,6 +23,15 @@ RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 
 
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name and driver, or None where nvidia-smi is absent or sees none."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)  # fmt: skip
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    return None
+
+
 def machine() -> dict:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -39,6 +48,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "providers": onnxruntime.get_available_providers(),
+        "gpu": gpu_name(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -103,7 +113,7 @@ def served(models: Path, env: dict | None = None):
     import httpx
 
     port = free_port()
-    proc = subprocess.Popen([BIN / "ranker-serve", "--models", str(models), "--port", str(port), "--log-level", "warning"],
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--models", str(models), "--port", str(port), "--log-level", "warning"],
                             env={**os.environ, **(env or {})})  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

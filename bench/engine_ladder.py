@@ -1,4 +1,4 @@
-"""Inference alone, per call, at 1 / 100 / 1,000 / 4,096 candidates, for every engine path this
+"""Inference alone, per call, at 1 / 100 / 500 / 1,000 / 4,096 candidates, for every engine path this
 machine has: CPU provider (plain run, and the bound path for comparison), and where the
 onnxruntime build has CUDA: plain run with padding, IO binding, IO binding + CUDA graphs.
 
@@ -30,7 +30,7 @@ from contract.modelspec import ModelSpec  # noqa: E402
 from service.engine import CUDA, InferenceEngine  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
-SIZES = [1, 100, 1000, 4096]
+SIZES = [1, 100, 500, 1000, 4096]
 PATHS = {  # name -> InferenceEngine options
     "cpu plain": {"device": "cpu", "io_binding": "off"},
     "cpu io-binding": {"device": "cpu", "io_binding": "on"},

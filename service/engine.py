@@ -15,6 +15,7 @@ throughput of the narrow one (bench/README.md has the figures).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -42,10 +43,26 @@ def choose_providers(device: str) -> list[str]:
     if device == "cpu":
         return [CPU]
     if CUDA in available:
+        load_cuda_libraries()
         return [CUDA, CPU]
     if device == "cuda":
         raise DeviceUnavailable(f"--device cuda, but this onnxruntime build offers only {available}")
     return [CPU]
+
+
+@functools.cache
+def load_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip installed beside torch (nvidia-* packages), once.
+
+    onnxruntime-gpu links against them but does not look in site-packages by itself: without this
+    (or LD_LIBRARY_PATH) its CUDA provider fails to load and the session quietly falls back to CPU."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # libraries on LD_LIBRARY_PATH or the system path still work
+        log.warning("onnxruntime.preload_dlls failed (%s); relying on the library path", exc)
 
 
 class BucketBinding:

@@ -155,3 +155,16 @@ def test_ddp_loss_is_the_masked_mean_of_the_global_batch_when_processes_hold_dif
         torch.testing.assert_close(got["loss"], expected.detach())
         for grad, want in zip(got["grads"], (p.grad for p in model.parameters())):
             torch.testing.assert_close(grad, want)
+
+
+@pytest.mark.slow
+def test_torchrun_with_one_process_still_joins_the_group(tmp_path):
+    """`torchrun --nproc_per_node 1` (a one-GPU machine) runs the process-group and DDP path too."""
+    run = subprocess.run([BIN / "torchrun", "--standalone", "--nproc_per_node", "1", "-m", "training.cli", "--data", "synthetic",
+                          "--set", "data.synthetic.n=600", "--set", "data.synthetic.d=6", "--model", "mmoe", "--epochs", "1",
+                          "--set", "model.expert_hidden=[8]", "--out", tmp_path],
+                         capture_output=True, text=True, timeout=600, env={"PATH": str(BIN), "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "rank 0/1: data-parallel" in run.stderr
+    spec = ModelSpec.model_validate_json((tmp_path / "mmoe" / "1" / "model.json").read_text())
+    assert spec.metrics["training"]["world_size"] == 1.0

@@ -42,10 +42,17 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun for every process it starts
+
+
 def distributed_context(device: torch.device = torch.device("cpu")) -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; joins the process group on first use."""
+    """(rank, world size) from torchrun's environment; joins the process group on first use.
+
+    Under torchrun the group is joined even with one process (`--nproc_per_node 1`), so a one-GPU
+    machine runs the same NCCL and DistributedDataParallel path as a multi-GPU one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if not under_torchrun():
         return 0, 1
     if not dist.is_initialized():
         dist.init_process_group(backend_for(device))

@@ -207,7 +207,7 @@ def fit(
     model = build_model(family, dataset.tasks, transform.cardinalities(), transform.n_dense, model_config).to(device)
     rank, world = distributed_context(device)
     step_model: nn.Module = TrainingStep(model)
-    if world > 1:
+    if torch.distributed.is_initialized():  # torchrun, one process or several
         if config.task_balancing == "pcgrad":  # its per-task gradients would bypass DDP's all-reduce
             raise ValueError("train.task_balancing = 'pcgrad' runs in one process only (not under torchrun)")
         step_model = data_parallel(step_model, device)
