@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
                         "proves nothing")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: runs are reproducible and cheap)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process with --threads threads "
+                        "(the same results as one at a time)")
     args = p.parse_args(argv)
-    if args.threads < 1:
-        p.error("--threads must be at least 1")
+    if args.threads < 1 or args.jobs < 1:
+        p.error("--threads and --jobs must be at least 1")
     try:  # before hours of runs: --out must be a folder this process can write
         (args.out / "sections").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown experiment(s) {unknown}; known: {', '.join(EXPERIMENTS)}, all, report", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    ctx = Context(out=args.out, quick=args.quick, seeds=tuple(args.seeds or ((0, 1) if args.quick else (0, 1, 2))))
+    ctx = Context(out=args.out, quick=args.quick, seeds=tuple(args.seeds or ((0, 1) if args.quick else (0, 1, 2))),
+                  jobs=args.jobs)
     for name in names:
         module = EXPERIMENTS[name]
         start = time.perf_counter()

@@ -13,9 +13,10 @@ class Context:
     out: Path  # reports/ (or a scratch folder in tests)
     quick: bool = False  # tiny sizes and 2 seeds: checks the whole path in seconds, proves nothing
     seeds: tuple[int, ...] = (0, 1, 2)
+    jobs: int = 1  # runs trained at once (experiments that prefetch their runs)
 
     def runner(self, experiment: str) -> Runner:
-        return Runner(experiment, directory=self.out)
+        return Runner(experiment, directory=self.out, jobs=self.jobs)
 
     def figure(self, name: str) -> Path:
         return self.out / "figures" / f"{name}.png"

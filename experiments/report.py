@@ -46,4 +46,6 @@ def metric_names(outcome: Outcome, tasks: Sequence[str]) -> list[str]:
 
 
 def seconds(outcomes: Sequence[Outcome]) -> str:
-    return f"{sum(o.seconds for o in outcomes) / 60:.1f} min of training over {len(outcomes)} runs"
+    hardware = sorted({o.hardware for o in outcomes if o.hardware})
+    where = f" on {' and '.join(hardware)}" if hardware else ""
+    return f"{sum(o.seconds for o in outcomes) / 60:.1f} min of training over {len(outcomes)} runs{where}"

@@ -10,9 +10,11 @@ report can be rebuilt from the committed results without training.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -76,6 +78,7 @@ class Outcome:
     seconds: float
     epochs: int
     parameters: int
+    hardware: str = ""  # what trained it: the CPU's or the GPU's name ("" in rows kept before it was recorded)
 
     def metric(self, task: str) -> float:
         """The task's test AUC (binary) or MSE; NaN where the split had one class only (a tiny sample)."""
@@ -111,11 +114,39 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def execute(run: Run) -> Outcome:
+    """Train (or fit, for a baseline) one run and score it on its test split."""
+    start = time.perf_counter()
+    if run.family in ("lightgbm", "logistic"):  # one model per task (training/baselines.py)
+        metrics = baseline_splits(run.data, run.data_options).evaluate(run.family, _tables(run.model), run.seed)
+        return Outcome(run, _headline(metrics["test"]), _headline(metrics["validation"]), {},
+                       round(time.perf_counter() - start, 2), 0, 0, cpu_model())  # fmt: skip
+    from training.distributed import resolve_device
+    from training.models import config_with
+    from training.train import TrainConfig, run_training
+
+    dataset = load_dataset(run.data, run.data_options)
+    config = TrainConfig(**_tables(run.train), seed=run.seed, progress=False)
+    device = resolve_device(config.device)
+    result = run_training(dataset, run.family, config, config_with(run.family, _tables(run.model)), log=lambda _: None)
+    return Outcome(
+        run=run,
+        test=_headline(result.metrics["test"]),
+        validation=_headline(result.metrics["validation"]),
+        gates=result.gates,
+        seconds=round(time.perf_counter() - start, 2),
+        epochs=len(result.history),
+        parameters=sum(p.numel() for p in result.model.parameters()),
+        hardware=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+    )
+
+
 @dataclass
 class Runner:
     experiment: str
     directory: Path = REPORTS
     log: Callable[[str], None] = print
+    jobs: int = 1  # runs trained at once by prefetch(), each in its own process
     _done: dict[str, Outcome] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -131,36 +162,29 @@ class Runner:
         return self.directory / "data" / f"{self.experiment}.jsonl"
 
     def run(self, run: Run) -> Outcome:
-        if run.key() in self._done:
-            return self._done[run.key()]
-        start = time.perf_counter()
-        if run.family in ("lightgbm", "logistic"):  # one model per task (training/baselines.py)
-            metrics = baseline_splits(run.data, run.data_options).evaluate(run.family, _tables(run.model), run.seed)
-            outcome = Outcome(run, _headline(metrics["test"]), _headline(metrics["validation"]), {},
-                              round(time.perf_counter() - start, 2), 0, 0)  # fmt: skip
-        else:
-            outcome = self._train(run, start)
-        self._done[run.key()] = outcome
+        if run.key() not in self._done:
+            self._record(execute(run))
+        return self._done[run.key()]
+
+    def prefetch(self, runs: Iterable[Run]) -> None:
+        """Train every run not done yet, `jobs` at a time in worker processes (spawned: no state of
+        this one is shared; each uses this process's torch thread count). The results, and so the
+        report, are what `run` would give one by one; only the order they finish in differs."""
+        todo = list({r.key(): r for r in runs if r.key() not in self._done}.values())
+        if self.jobs <= 1 or len(todo) <= 1:
+            for r in todo:
+                self.run(r)
+            return
+        context = multiprocessing.get_context("spawn")  # never fork a process that holds torch's thread pools
+        with ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=context, initializer=torch.set_num_threads,
+                                 initargs=(torch.get_num_threads(),)) as pool:  # fmt: skip
+            for future in as_completed([pool.submit(execute, r) for r in todo]):
+                self._record(future.result())
+
+    def _record(self, outcome: Outcome) -> None:
+        self._done[outcome.run.key()] = outcome
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._save(outcome)
-        return outcome
-
-    def _train(self, run: Run, start: float) -> Outcome:
-        from training.models import config_with
-        from training.train import TrainConfig, run_training
-
-        dataset = load_dataset(run.data, run.data_options)
-        result = run_training(dataset, run.family, TrainConfig(**_tables(run.train), seed=run.seed, progress=False),
-                              config_with(run.family, _tables(run.model)), log=lambda _: None)  # fmt: skip
-        return Outcome(
-            run=run,
-            test=_headline(result.metrics["test"]),
-            validation=_headline(result.metrics["validation"]),
-            gates=result.gates,
-            seconds=round(time.perf_counter() - start, 2),
-            epochs=len(result.history),
-            parameters=sum(p.numel() for p in result.model.parameters()),
-        )
 
     def _save(self, outcome: Outcome) -> None:
         run = outcome.run

@@ -28,10 +28,9 @@ def plan(ctx: Context) -> tuple[dict, dict]:
 def run(ctx: Context) -> str:
     data, train = plan(ctx)
     runner = ctx.runner("simulator")
-    results: dict[str, list[Outcome]] = {
-        f: runner.run_all(Run.of("videolog", f, seed, data_options=data, train=train) for seed in ctx.seeds)
-        for f in FAMILIES
-    }
+    planned = {f: [Run.of("videolog", f, seed, data_options=data, train=train) for seed in ctx.seeds] for f in FAMILIES}
+    runner.prefetch(r for runs in planned.values() for r in runs)
+    results: dict[str, list[Outcome]] = {f: runner.run_all(runs) for f, runs in planned.items()}
     singles = results["single-task"]
     rows = [[f, *metric_cells(results[f], TASKS)] for f in FAMILIES]
     gains = [[f, *gain_cells(results[f], singles, TASKS)] for f in FAMILIES if f != "single-task"]

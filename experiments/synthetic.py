@@ -41,12 +41,14 @@ def plan(ctx: Context) -> tuple[list[float], list[str], dict, dict]:
 def run(ctx: Context) -> str:
     ps, families, data, train = plan(ctx)
     runner = ctx.runner("synthetic")
-    results = {
-        (p, family): [runner.run(Run.of("synthetic", family, seed, data_options={**data, "p": p, "seed": seed},
-                                        model=SIZES[family], train=train)) for seed in ctx.seeds]  # fmt: skip
+    planned = {
+        (p, family): [Run.of("synthetic", family, seed, data_options={**data, "p": p, "seed": seed}, model=SIZES[family],
+                             train=train) for seed in ctx.seeds]  # fmt: skip
         for p in ps
         for family in families
     }
+    runner.prefetch(r for runs in planned.values() for r in runs)
+    results = {cell: runner.run_all(runs) for cell, runs in planned.items()}
     rows, correlations = [], {}
     for p in ps:
         labels = [load_dataset("synthetic", Run.of("synthetic", "", 0, data_options={**data, "p": p, "seed": s}).data_options).labels

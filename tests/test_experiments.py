@@ -70,6 +70,17 @@ def test_the_runner_resumes_from_its_file(tmp_path):
     assert len((tmp_path / "data" / "t.jsonl").read_text().splitlines()) == 1
 
 
+def test_runs_trained_in_parallel_processes_score_as_they_do_one_at_a_time(tmp_path):
+    runs = [Run.of("synthetic", family, 1, data_options={"n": 600, "d": 8, "p": 0.5, "seed": 1}, train={"epochs": 1})
+            for family in ("shared-bottom", "mmoe", "single-task")]  # fmt: skip
+    parallel = Runner("t", directory=tmp_path / "a", log=lambda _: None, jobs=2)
+    parallel.prefetch([*runs, runs[0]])  # a run asked for twice trains once
+    assert len((tmp_path / "a" / "data" / "t.jsonl").read_text().splitlines()) == 3
+    one_by_one = Runner("t", directory=tmp_path / "b", log=lambda _: None)
+    for run in runs:
+        assert parallel.run(run).test == one_by_one.run(run).test
+
+
 def outcome(seed: int, **test) -> Outcome:
     return Outcome(run=Run.of("d", "f", seed), test=test, validation={}, gates={}, seconds=0.0, epochs=1, parameters=1)
 
