@@ -8,7 +8,7 @@ discussion in reports/discussion.md.
 
 from __future__ import annotations
 
-from experiments import census, kuairand, levels, loss, simulator, synthetic, utilization
+from experiments import census, kuairand, levels, loss, options, simulator, synthetic, utilization
 from experiments.tuned import census_tuned, kuairand_tuned
 
 # Report order = the order; utilization reuses KuaiRand's runs, levels census's recipe.
@@ -22,4 +22,5 @@ EXPERIMENTS = {
     "census-tuned": census_tuned,
     "kuairand-tuned": kuairand_tuned,
     "simulator": simulator,
+    "options": options,
 }
