@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from experiments.context import Context
 from experiments.report import metric_cells, metric_names, pm, seconds, table
-from experiments.runner import REPORTS, Outcome, Run, load_dataset, mean_std
+from experiments.runner import REPORTS, Outcome, Run, _tables, load_dataset, mean_std
 from experiments.stats import paired
 from training import config as run_config
 
@@ -126,6 +126,7 @@ def run_setup(setup: Setup, ctx: Context) -> str:
             p = paired([sign * x for x in a], [sign * x for x in b])
             claims.append([f"PLE vs {other}", task, p.text(4), p.verdict()])
     epochs = [[m, pm(*mean_std(o.epochs for o in results[m]), 1)] for m in models if m not in BASELINES]
+    importance = gbdt_importance(setup, results["lightgbm"][0].run, tasks)
     return "\n\n".join([
         f"Data: {setup.data} (the project's split; docs/data.md). Each model: {2 if ctx.quick else setup.trials} Optuna "
         f"trials on validation (baselines: that many per task), best configuration in `examples/tuned/{setup.data}-<model>.toml`, "
@@ -137,7 +138,21 @@ def run_setup(setup: Setup, ctx: Context) -> str:
         table(["comparison", "task", "PLE - other", "verdict at 5 %"], claims),
         "Epochs run by the networks (early stopping):",
         table(["model", "epochs"], epochs),
+        "What the GBDT uses: LightGBM's split gain per feature (share of the task's total, seed 0's model), top 6:",
+        table(["task", *[f"#{i + 1}" for i in range(6)]], importance),
     ])  # fmt: skip
+
+
+def gbdt_importance(setup: Setup, run: Run, tasks: list[str]) -> list[list[str]]:
+    from training.baselines import Splits
+
+    splits = Splits(load_dataset(setup.data, run.data_options))
+    params = _tables(run.model)  # task -> LightGBM settings
+    rows = []
+    for k, task in enumerate(tasks):
+        shares = list(splits.importance(k, params[task], run.seed).items())[:6]
+        rows.append([task, *[f"{name} {share:.0%}" for name, share in shares]])
+    return rows
 
 
 class _Experiment:

@@ -67,7 +67,11 @@ def _lightgbm(task, params: dict, train: Columns, y: np.ndarray, val: Columns, y
     model = lgb.train(settings, lgb.Dataset(frame(train), y, categorical_feature=categorical), MAX_ROUNDS,
                       valid_sets=[lgb.Dataset(frame(val), y_val, categorical_feature=categorical)],
                       callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)])  # fmt: skip
-    return lambda c: model.predict(frame(c), num_iteration=model.best_iteration)
+    def predict(c: Columns) -> np.ndarray:
+        return model.predict(frame(c), num_iteration=model.best_iteration)
+
+    predict.booster = model  # what importance() reads
+    return predict
 
 
 def _linear(task, params: dict, train: Columns, y: np.ndarray, val: Columns, y_val: np.ndarray, seed: int):
@@ -99,6 +103,7 @@ class Splits:
         self.tasks = dataset.tasks
         self.train, self.val, self.test = dataset.split(seed=split_seed if split_seed is not None else (dataset.seed or 0))
         transform = FeatureTransform(fit_features(self.train))
+        self.names = [s.name for s in transform.sparse] + [s.name for s in transform.dense]  # LightGBM's column order
         self.cols = {name: columns(transform, part) for name, part in
                      (("train", self.train), ("validation", self.val), ("test", self.test))}  # fmt: skip
 
@@ -112,6 +117,12 @@ class Splits:
         train, y = self.task_rows("train", k)
         val, y_val = self.task_rows("validation", k)
         return FITTERS[kind](self.tasks[k], params, train, y, val, y_val, seed)
+
+    def importance(self, k: int, params: dict, seed: int = 0) -> dict[str, float]:
+        """LightGBM's split gain per feature for task k, as shares of the total (what the trees use)."""
+        gain = self.fit_task("lightgbm", k, params, seed).booster.feature_importance("gain")
+        total = float(gain.sum()) or 1.0
+        return dict(sorted(((n, float(g) / total) for n, g in zip(self.names, gain)), key=lambda item: -item[1]))
 
     def evaluate(self, kind: str, params: dict[str, dict], seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
         """Per split and task, the metrics of the networks (training/evaluate.py) for one model per task."""
