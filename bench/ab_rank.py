@@ -14,8 +14,8 @@ RANKER_INTRA_OP_THREADS), all up at once and measured in turn each round with be
   rps_4conn       throughput with 4 keep-alive connections (closed loop)
 Prints medians over the runs and writes bench/results/ab_rank.json (or --out NAME: NAME.json).
 
-    python bench/ab_rank.py main . [--rounds 5] [--sizes 100,500,1000] [--repeat 200]
-    python bench/ab_rank.py main . --http [--threads 0,1] [--http-size 500] [--seconds 5]
+    python -m bench.ab_rank main . [--rounds 5] [--sizes 100,500,1000] [--repeat 200]
+    python -m bench.ab_rank main . --http [--threads 0,1] [--http-size 500] [--seconds 5]
 
 A revision is exported with `git archive`, and its `service` package is imported from there; "."
 is the working tree. Parsing is the route's at that revision: service.jsonbody.loads where it
@@ -36,8 +36,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, alternated, make_request, print_table, served, write_result  # noqa: E402
+from bench.common import ROOT, alternated, make_request, print_table, served, write_result
 
 
 def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
@@ -178,9 +177,10 @@ def compare_http(args, trees: dict[str, Path], tmp: Path) -> dict[str, list[dict
 
 
 def loadgen(url: str, body: Path, connections: int, seconds: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).parent / "loadgen.py"), "--url", url, "--body", str(body),
+    cmd = [sys.executable, "-m", "bench.loadgen", "--url", url, "--body", str(body),
            "--seconds", str(seconds), "--warmup", "1", "closed", "--connections", str(connections)]  # fmt: skip
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
 
 
 def _describe(rev: str) -> str:

@@ -1,6 +1,6 @@
 """Census: several families with the same training recipe, and their MTL gain over single-task.
 
-    nice -n 10 .venv/bin/python bench/census_families.py [--families single-task mmoe cgc ple]
+    nice -n 10 .venv/bin/python -m bench.census_families [--families single-task mmoe cgc ple]
 
 Trains `single-task` first, then every other family with `--baseline-metrics` pointing at it, so
 model.json carries the PLE paper's Eq. 11 gain per task. Recipe: 8 epochs, batch 512, Adam 1e-3,

@@ -1,6 +1,6 @@
 """Census benchmark: `ranker-train --config examples/train-census-ple.toml`, figures to JSON.
 
-    nice -n 10 .venv/bin/python bench/census_ple.py [--out bench/results/census_ple.json] [-- extra ranker-train args]
+    nice -n 10 .venv/bin/python -m bench.census_ple [--out bench/results/census_ple.json] [-- extra ranker-train args]
 
 Trains PLE on UCI Census-Income (KDD) (income and never married, stratified 60/20/20 split of the
 only available file, seed 2020), then records the test and validation AUCs, the training time and

@@ -15,7 +15,7 @@ For 100, 500 and 1,000 candidates a separate client process (bench/loadgen.py) m
 at saturation (closed loop, best of `--connections`) and then p50/p95/p99 at half that rate (open
 loop, fixed schedule). Prints a table and writes bench/results/compare_servers.json.
 
-    python bench/compare_servers.py [--servers ple-ranker,fastapi-torch,bentoml,torchserve] [--seconds 8]
+    python -m bench.compare_servers [--servers ple-ranker,fastapi-torch,bentoml,torchserve] [--seconds 8]
 """
 
 from __future__ import annotations
@@ -33,12 +33,11 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     BIN,
     ROOT,
     free_port,
-    make_request,  # noqa: E402
+    make_request,
     newest_version,
     print_table,
     write_result,

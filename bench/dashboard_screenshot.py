@@ -1,6 +1,6 @@
 """docs/dashboard.png: the live dashboard of a real ranker-serve under load, two versions split 90/10.
 
-    .venv/bin/python bench/dashboard_screenshot.py [--models DIR --features DIR] [--seconds 240] [--out docs/dashboard.png]
+    .venv/bin/python -m bench.dashboard_screenshot [--models DIR --features DIR] [--seconds 240] [--out docs/dashboard.png]
 
 Without --models, trains two small versions of the simulator's PLE (seeds 1 and 2, so the arms
 differ) into a temporary folder. Then: ranker-serve on a free port (embedded feature store), a

@@ -2,7 +2,7 @@
 machine has: CPU provider (plain run, and the bound path for comparison), and where the
 onnxruntime build has CUDA: plain run with padding, IO binding, IO binding + CUDA graphs.
 
-    python bench/engine_ladder.py [--models models] [--name ple] [--repeat 200]
+    python -m bench.engine_ladder [--models models] [--name ple] [--repeat 200]
 
 Runs service.engine.InferenceEngine exactly as the service builds it (buckets from the settings'
 defaults), on random encoded rows of the model's own feature schema; prints a table and writes
@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, newest_version, percentiles_ms, print_table, write_result  # noqa: E402
+from bench.common import ROOT, newest_version, percentiles_ms, print_table, write_result
 
-from contract.features import FeatureTransform  # noqa: E402
-from contract.modelspec import ModelSpec  # noqa: E402
-from service.engine import CUDA, InferenceEngine  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from contract.features import FeatureTransform
+from contract.modelspec import ModelSpec
+from service.engine import CUDA, InferenceEngine
+from service.settings import Settings
 
 SIZES = [1, 100, 500, 1000, 4096]
 PATHS = {  # name -> InferenceEngine options

@@ -5,7 +5,7 @@
 #   OUT=/tmp/gpu bash bench/gpu_check.sh
 #
 # 1. ranker-train --device cuda, one epoch on the simulator (default size), and a reference-size PLE
-#    (experts 256->128, towers 64, embeddings 16: ../shared/PERF-NOTES.md's widths on the
+#    (experts 256->128, towers 64, embeddings 16: the widths of docs/performance.md's reference PLE on the
 #    simulator's features);
 # 2. torchrun --nproc_per_node 1: the NCCL process group and DistributedDataParallel path;
 # 3. bench/engine_ladder.py for both models: CPU provider vs CUDA plain / IO binding / CUDA graphs at
@@ -51,14 +51,14 @@ timeout 100 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m trai
 
 for name in ple ple-ref; do
   step "engine ladder: $name"
-  timeout 150 $PY bench/engine_ladder.py --name "$name" --repeat 200 && \
+  timeout 150 $PY -m bench.engine_ladder --name "$name" --repeat 200 && \
     cp bench/results/engine_ladder_*.json "$OUT/engine_ladder_$name.json" && rm -f bench/results/engine_ladder_cuda.json \
     || echo "engine ladder $name failed or timed out"
 done
 
 for graph in false true; do
   step "rank latency, RANKER_DEVICE=$DEVICE, RANKER_CUDA_GRAPH=$graph"
-  RANKER_DEVICE=$DEVICE RANKER_CUDA_GRAPH=$graph timeout 150 $PY bench/rank_latency.py --seconds "$SECONDS_PER_SIZE" \
+  RANKER_DEVICE=$DEVICE RANKER_CUDA_GRAPH=$graph timeout 150 $PY -m bench.rank_latency --seconds "$SECONDS_PER_SIZE" \
     --concurrency 8 && cp bench/results/rank_latency.json "$OUT/rank_latency_graph_$graph.json" \
     || echo "rank latency (graph $graph) failed or timed out"
 done

@@ -9,8 +9,8 @@ Two modes, each printing one JSON object on stdout:
 Raw sockets rather than an HTTP library keep the client's own CPU cost per request small: on a
 2-core machine it shares the cores with the server under test.
 
-    python bench/loadgen.py --url http://127.0.0.1:8000/v1/rank --body body.json closed --connections 8
-    python bench/loadgen.py --url ... --body body.json open --rate 200
+    python -m bench.loadgen --url http://127.0.0.1:8000/v1/rank --body body.json closed --connections 8
+    python -m bench.loadgen --url ... --body body.json open --rate 200
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ For 100, 500 and 1,000 candidates:
                with concurrent keep-alive clients
 Prints a table and writes bench/results/rank_latency.json.
 
-    python bench/rank_latency.py [--models models] [--name ple] [--repeat 300] [--seconds 5]
+    python -m bench.rank_latency [--models models] [--name ple] [--repeat 300] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -25,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, alternated, make_request, newest_version, percentiles_ms, print_table, served, write_result  # noqa: E402
+from bench.common import ROOT, alternated, make_request, newest_version, percentiles_ms, print_table, served, write_result
 
-from service.app import create_app  # noqa: E402
-from service.candidates import Candidates  # noqa: E402
-from service.jsonbody import loads  # noqa: E402
-from service.schemas import RankRequest  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.app import create_app
+from service.candidates import Candidates
+from service.jsonbody import loads
+from service.schemas import RankRequest
+from service.settings import Settings
 
 SIZES = (100, 500, 1000)
 STAGES = ("parse", "store", "features", "inference", "scoring", "encode")

@@ -1,6 +1,6 @@
 """Markdown tables from bench/results/*.json, for docs/performance.md.
 
-    python bench/summarize.py
+    python -m bench.summarize
 """
 
 from __future__ import annotations

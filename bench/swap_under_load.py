@@ -11,9 +11,9 @@ Paced load: `--rate R` sends R requests/s in total (closed loop without it); `--
 measures capacity (closed loop for S seconds) and, unless --rate is given, paces at
 `--load-fraction` (default 0.8) of it. `--swap-every S` waits S seconds between swaps.
 
-    python bench/swap_under_load.py [--models models] [--swaps 100] [--steady 10] [--concurrency 4]
+    python -m bench.swap_under_load [--models models] [--swaps 100] [--steady 10] [--concurrency 4]
     # the sustained run of issue 9: ~80 % of measured capacity, a swap every 2 s, 100 swaps
-    python bench/swap_under_load.py --probe 10 --swaps 100 --swap-every 2 --out bench/results/swap_under_load_80pct.json
+    python -m bench.swap_under_load --probe 10 --swaps 100 --swap-every 2 --out bench/results/swap_under_load_80pct.json
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -32,8 +31,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, newest_version, percentiles_ms, print_table, served  # noqa: E402
+from bench.common import ROOT, machine, newest_version, percentiles_ms, print_table, served
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,6 +1,6 @@
 """A measured million-row training run: `ranker-train --data videolog` with PLE, figures to JSON.
 
-    nice -n 10 .venv/bin/python bench/train_1m.py [--impressions 1000000] [--epochs N] [--threads N] [--note TEXT]
+    nice -n 10 .venv/bin/python -m bench.train_1m [--impressions 1000000] [--epochs N] [--threads N] [--note TEXT]
 
 Simulates N impressions, trains the default PLE (ranker-train's defaults: 80/10/10 split, batch
 1024, Adam 3e-3, 3 epochs unless --epochs) and exports it to a temporary folder. Records the wall
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BIN, ROOT, machine, print_table, write_result
+from bench.common import BIN, ROOT, machine, print_table, write_result
 
 
 def uptime() -> str:

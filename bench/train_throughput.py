@@ -9,7 +9,7 @@
    prints, which includes the per-epoch validation pass.
 Prints a table and writes bench/results/train_throughput.json.
 
-    python bench/train_throughput.py [--impressions 60000] [--steps 60] [--threads 2]
+    python -m bench.train_throughput [--impressions 60000] [--steps 60] [--threads 2]
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print_table, write_result  # noqa: E402
+from bench.common import ROOT, print_table, write_result
 
-from contract.features import FeatureTransform  # noqa: E402
-from training.data import videolog  # noqa: E402
-from training.losses import masked_task_losses  # noqa: E402
-from training.models import build_model, default_config  # noqa: E402
-from training.train import TrainConfig, encode, fit_features, run_training  # noqa: E402
+from contract.features import FeatureTransform
+from training.data import videolog
+from training.losses import masked_task_losses
+from training.models import build_model, default_config
+from training.train import TrainConfig, encode, fit_features, run_training
 
 RECHUB = ROOT / "bench" / ".venvs" / "rechub" / "bin" / "python"
 CACHE = ROOT / "bench" / ".cache"

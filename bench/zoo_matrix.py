@@ -1,6 +1,6 @@
 """Every model family on every data set: a short training run, then the checked export.
 
-    nice -n 10 .venv/bin/python bench/zoo_matrix.py [--out bench/results/zoo_matrix.json]
+    nice -n 10 .venv/bin/python -m bench.zoo_matrix [--out bench/results/zoo_matrix.json]
 
 Small slices and one epoch: this shows that each (family, data set) pair trains, evaluates and
 exports (ONNX Runtime parity within 1e-5 at batch 1 and 257 is checked by write_version), not how

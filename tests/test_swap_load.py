@@ -24,10 +24,10 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_swaps_under_paced_load_lose_no_request_and_leak_nothing(trained, tmp_path):
     out = tmp_path / "swap.json"
-    command = [sys.executable, str(ROOT_DIR / "bench" / "swap_under_load.py"), "--models", str(trained.models_dir),
+    command = [sys.executable, "-m", "bench.swap_under_load", "--models", str(trained.models_dir),
                "--swaps", "6", "--steady", "2", "--concurrency", "2", "--rate", "20", "--swap-every", "0.3",
                "--out", str(out)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT_DIR)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     steady, swapping = result["phases"]["steady"], result["phases"]["swapping"]

@@ -51,7 +51,6 @@ def distributed_context(device: torch.device = torch.device("cpu")) -> tuple[int
 
     Under torchrun the group is joined even with one process (`--nproc_per_node 1`), so a one-GPU
     machine runs the same NCCL and DistributedDataParallel path as a multi-GPU one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if not under_torchrun():
         return 0, 1
     if not dist.is_initialized():
