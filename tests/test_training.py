@@ -214,7 +214,8 @@ def test_families_train_on_a_real_data_sample_and_export(data, family, size, tmp
 def test_the_example_config_file_holds_valid_hyper_parameters():
     cfg = run_config.load(Path(__file__).parents[1] / "examples" / "train-census-ple.toml", [], {})
     assert (cfg.run.data, cfg.run.model) == ("census", "ple")
-    assert cfg.model.expert_hidden == (128, 64) and cfg.model.gate_outputs
+    assert cfg.model.expert_hidden == (32,) and cfg.model.tower_hidden == () and cfg.model.gate_outputs
+    assert (cfg.train.numeric_encoding, cfg.train.selection) == ("piecewise", "normalized_loss")
     assert cfg.train.patience == 2 and cfg.train.loss_gamma == {"income": 1.0, "never_married": 1.0}
     with pytest.raises(ValueError, match="train.epochz=3: Unexpected keyword argument"):
         run_config.load(None, ["train.epochz=3"], {})
