@@ -19,8 +19,8 @@ HEADER = """# Experiments: the PLE and MMoE papers' findings, reproduced with th
 Every table and figure below was produced by `python -m experiments NAME` (one command per
 experiment; `all` runs them in order), on a 2-core CPU unless a section's time line names an NVIDIA
 H200: the synthetic sweep, the simulator and the options ran there once, `--jobs 11-15` runs at a
-time (the GPU machine's 16 cores; the numbers do not depend on where a seeded run trains beyond
-floating-point noise, the times do). Each training run is one call of the package's own
+time (the GPU machine's 16 cores). A seeded run repeats its digits on the same machine only; on
+another machine it gives another draw from the same spread. Each training run is one call of the package's own
 `run_training` (the loop of `ranker-train`), its results kept as a JSON line in
 [reports/data/](data/) and its figures in [reports/figures/](figures/); rerunning reads the kept
 results instead of training again (delete a file to retrain). `python -m experiments report`
