@@ -154,6 +154,18 @@ class DataSpec(_Strict):
     sha256: str
     rows: dict[str, int]
     seed: int | None = None
+    options: dict = {}  # the loader's options (training.data.sets.load_data): the data can be loaded again
+    split_seed: int | None = None  # the train/validation/test split's seed
+
+
+class Quantization(_Strict):
+    """How an int8 version was made from its float source (ranker-quantize), and what it cost."""
+
+    mode: Literal["dynamic", "static"]
+    per_channel: bool
+    source_version: int
+    tolerance: dict[str, float]  # the largest loss allowed per task: auc (absolute), mse (relative)
+    source_metrics: dict[str, dict[str, float]]  # the float version's, on the same rows
 
 
 class ModelSpec(_Strict):
@@ -175,6 +187,8 @@ class ModelSpec(_Strict):
     created_at: str
     onnx_sha256: str
     opset: int
+    precision: Literal["fp32", "int8"] = "fp32"  # of model.onnx's weights
+    quantization: Quantization | None = None  # int8 versions: how they were made
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -140,6 +141,30 @@ def check_interface(model_dir: Path, interface: Interface) -> None:
             f"choose another --name, or pass --allow-interface-change to add it as version {latest.version + 1} anyway")
 
 
+def publish(staging: Path, model_dir: Path, spec_for: Callable[[int], ModelSpec], allow_interface_change: bool = False,
+            also: Callable[[ModelSpec], None] | None = None) -> Path:
+    """Give a staged version folder (model.onnx in it) the next free version number, write its
+    model.json (and whatever `also` writes) and move it into place in one rename: the watcher never
+    sees a half-written version. InterfaceChanged, nothing published, as check_interface says."""
+    while True:
+        version = next_version(model_dir)
+        spec = spec_for(version)
+        if not allow_interface_change:
+            check_interface(model_dir, spec.interface())
+        (staging / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
+        if also is not None:
+            also(spec)
+        os.chmod(staging, 0o755)
+        try:
+            # rename() of a directory fails if the target exists and is not empty; an empty
+            # target would be replaced, so a concurrent exporter of the same version loses here.
+            os.rename(staging, model_dir / str(version))
+            return model_dir / str(version)
+        except OSError:
+            if not (model_dir / str(version)).exists():
+                raise
+
+
 def write_version(result: TrainResult, out: Path, name: str, allow_interface_change: bool = False) -> Path:
     """Export, check and publish a new version; returns its folder. InterfaceChanged (nothing written)
     when the model's latest version has another interface, unless `allow_interface_change`."""
@@ -154,9 +179,9 @@ def write_version(result: TrainResult, out: Path, name: str, allow_interface_cha
         if parity > PARITY_ATOL:
             raise RuntimeError(f"ONNX Runtime disagrees with PyTorch by {parity:.2e} (> {PARITY_ATOL})")
         transform = FeatureTransform(result.features)
-        while True:
-            version = next_version(model_dir)
-            spec = ModelSpec(
+
+        def spec_for(version: int) -> ModelSpec:
+            return ModelSpec(
                 name=name,
                 version=version,
                 family=model.family,
@@ -172,6 +197,8 @@ def write_version(result: TrainResult, out: Path, name: str, allow_interface_cha
                     sha256=data.sha256(),
                     rows={"total": data.source_rows or len(data), **result.rows},
                     seed=data.seed,
+                    options=data.options,
+                    split_seed=result.split_seed,
                 ),
                 metrics=model_metrics(result, parity),
                 git_commit=git_commit(),
@@ -179,20 +206,12 @@ def write_version(result: TrainResult, out: Path, name: str, allow_interface_cha
                 onnx_sha256=sha256_file(onnx_path),
                 opset=OPSET,
             )
-            if not allow_interface_change:
-                check_interface(model_dir, spec.interface())
-            (staging / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
+
+        def write_metrics(spec: ModelSpec) -> None:
             metrics_json = {**spec.metrics, "history": result.history, "family": model.family,
                             "hyperparameters": spec.hyperparameters, "data": spec.training_data.model_dump()}  # fmt: skip
             (staging / "metrics.json").write_text(json.dumps(metrics_json, indent=2) + "\n")
-            os.chmod(staging, 0o755)
-            try:
-                # rename() of a directory fails if the target exists and is not empty; an empty
-                # target would be replaced, so a concurrent exporter of the same version loses here.
-                os.rename(staging, model_dir / str(version))
-                return model_dir / str(version)
-            except OSError:
-                if not (model_dir / str(version)).exists():
-                    raise
+
+        return publish(staging, model_dir, spec_for, allow_interface_change, write_metrics)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

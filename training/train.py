@@ -57,6 +57,7 @@ class TrainResult:
     rows: dict[str, int] = field(default_factory=dict)
     rank: int = 0
     world_size: int = 1
+    split_seed: int | None = None  # in-memory data: the seed of its train/validation/test split
 
 
 def check_loss_weights(config: TrainConfig, tasks: list[TaskSpec]) -> None:
@@ -149,8 +150,9 @@ def run_training(
     enc_train = encode(transform, train)
     rank, world = distributed_context(resolve_device(config.device))
     log(f"{family}: {len(train)} train / {len(val)} validation / {len(test)} test rows (split seed {split_seed})")
-    return fit(dataset, family, features, in_memory_batches(enc_train, train, config.batch_size, rank, world),
-               val, test, len(train), config, model_config, log, on_epoch)  # fmt: skip
+    result = fit(dataset, family, features, in_memory_batches(enc_train, train, config.batch_size, rank, world),
+                 val, test, len(train), config, model_config, log, on_epoch)  # fmt: skip
+    return dataclasses.replace(result, split_seed=split_seed)
 
 
 def run_parquet_training(

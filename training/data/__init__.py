@@ -38,6 +38,7 @@ class Dataset:
     # For data that is not all in memory (a streamed Parquet file): the source's sha256 and rows.
     fingerprint: str | None = None
     source_rows: int | None = None
+    options: dict = field(default_factory=dict)  # the loader's options (load_data): enough to load it again
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -7,6 +7,8 @@ from the file's metadata and training/train.py's `run_parquet_training` reads it
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -74,4 +76,6 @@ def load_data(name: str, options: dict | Any, data_dir: Path | None = None, feat
         raise ValueError(f"--data {name} streams from its file; it is not loaded into memory")
     if isinstance(options, dict):
         options = entry.options(**options)
-    return entry.load(options, data_dir, features_out)
+    dataset = entry.load(options, data_dir, features_out)
+    recorded = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items() if v is not None}
+    return dataclasses.replace(dataset, options=recorded)
