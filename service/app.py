@@ -19,6 +19,7 @@ from service.registry import Registry
 from service.routes import admin, dashboard, health, kserve, metrics, models, rank
 from service.settings import Settings
 from service.store import FeatureStore, InProcessStore, RedisStore, load_tables, redis_client
+from service.tracing import Tracing, from_environment
 
 log = logging.getLogger("ranker")
 
@@ -38,9 +39,12 @@ def build_backends(settings: Settings, metrics: Metrics) -> tuple[FeatureStore, 
     return store, InProcessControl()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
+    """The service. `tracing`: where /v1/rank's spans go; by default OTLP when the OTEL_EXPORTER_OTLP_*
+    variables name an endpoint, else none (service.tracing)."""
     settings = settings or Settings()
     metrics_ = Metrics()
+    tracing = tracing if tracing is not None else from_environment()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -57,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             registry.close()
+            if tracing is not None:
+                tracing.shutdown()
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package, not from a CDN, so
     # they render where the service runs without internet access.
@@ -71,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics_
+    app.state.tracing = tracing
     app.state.live_stats = LiveStats(metrics_.registry)  # windows for the /dashboard page
     install_error_handlers(app)
     routers = (rank.router, models.router, admin.router, kserve.router, health.router, metrics.router, dashboard.router)

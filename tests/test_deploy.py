@@ -38,7 +38,7 @@ def bind_mounts(service: dict) -> list[tuple[Path, str]]:
 
 
 def test_compose_file_is_valid_and_mounts_only_files_that_exist(services):
-    assert set(services) == {"ranker", "ranker-cpu", "redis", "prometheus", "grafana"}
+    assert set(services) == {"ranker", "ranker-cpu", "redis", "prometheus", "grafana", "otel-collector", "jaeger"}
     assert services["ranker"]["profiles"] == ["gpu"] and services["ranker-cpu"]["profiles"] == ["cpu"]
     gpu = services["ranker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
@@ -50,6 +50,19 @@ def test_compose_file_is_valid_and_mounts_only_files_that_exist(services):
             if source not in USER_DATA:
                 assert source.exists(), f"{name} mounts {source} at {target}, which is not in the repository"
     assert ROOT / "deploy" / "prometheus" / "prometheus.yml" in mounted
+    assert ROOT / "deploy" / "otel" / "collector.yaml" in mounted
+
+
+def test_the_tracing_profile_sends_the_rankers_spans_through_the_collector_to_jaeger(services):
+    assert services["otel-collector"]["profiles"] == services["jaeger"]["profiles"] == ["tracing"]
+    config = yaml.safe_load((ROOT / "deploy" / "otel" / "collector.yaml").read_text())
+    assert config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")  # the ranker's OTLP/HTTP
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and config["exporters"][pipeline["exporters"][0]]["endpoint"] == "jaeger:4317"
+    assert services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    # off unless the user names the endpoint: an empty value leaves tracing off (tests/test_tracing.py)
+    for name in ("ranker", "ranker-cpu"):
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services[name]["environment"]
     assert (ROOT / "models").is_dir()  # in the repository (README only); versions are the user's
 
 

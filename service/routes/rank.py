@@ -1,4 +1,5 @@
 import logging
+import time
 
 from fastapi import APIRouter, Request
 
@@ -6,6 +7,7 @@ from service.deps import RankerDep
 from service.jsonbody import JSONRoute
 from service.responses import JSONBytes
 from service.schemas import RankRequest, RankResponse, error_responses
+from service.tracing import RECEIVED, record_rank
 
 router = APIRouter(tags=["ranking"], route_class=JSONRoute)  # bodies read by orjson
 log = logging.getLogger("ranker")
@@ -22,9 +24,21 @@ def rank(body: RankRequest, ranker: RankerDep, request: Request) -> JSONBytes:
     log.debug("rank request_id=%s user=%s candidates=%d first=%s", body.request_id, body.user.id,
               len(body.candidates), body.candidates[0]["id"])  # fmt: skip
     served: dict = {}
+    tracing = request.app.state.tracing
+    started_ns = time.time_ns() if tracing is not None else 0
+    result, error = None, None
     try:
         result = ranker.rank(body, stages, served)
+    except Exception as exc:
+        error = exc
+        raise
     finally:  # the metrics middleware times the whole request under the version that answered it
-        request.state.model_version = served.get("version")
+        version = request.state.model_version = served.get("version")
+        if tracing is not None:
+            attributes = {"ranker.model": version.name if version else body.model, "ranker.version": version and version.version,
+                          "ranker.bucket": result and result["bucket"], "ranker.candidates": len(body.candidates),
+                          "ranker.request_id": body.request_id}  # fmt: skip
+            record_rank(tracing.tracer, request.headers, request.scope.get(RECEIVED, started_ns), started_ns, stages,
+                        attributes, error)  # fmt: skip
     timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items())
     return JSONBytes(result, headers={"Server-Timing": timing})
