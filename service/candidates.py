@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from service.errors import ApiError
+from service.problems import InvalidInput
 from service.schemas import Candidate
 
 VIDEO_LEN = "video_len"
@@ -57,7 +57,7 @@ class Candidates:
         seen: set[str] = set()
         for i, cid in enumerate(self.ids):
             if cid in seen:
-                raise ApiError(422, "duplicate_candidate", f"candidate id {cid!r} appears twice", f"candidates[{i}].id")
+                raise InvalidInput("duplicate_candidate", f"candidate id {cid!r} appears twice", f"candidates[{i}].id")
             seen.add(cid)
 
     def check_feature_counts(self, limit: int) -> None:
@@ -65,7 +65,7 @@ class Candidates:
         if not self.any_sent_features or max(map(len, self.sent_features)) <= limit:
             return
         i, features = next((i, f) for i, f in enumerate(self.sent_features) if len(f) > limit)
-        raise ApiError(422, "too_many_features", f"{len(features)} features; at most {limit}", f"candidates[{i}].features")
+        raise InvalidInput("too_many_features", f"{len(features)} features; at most {limit}", f"candidates[{i}].features")
 
     def video_len(self, stored: Sequence[dict[str, Any]], default: float | None = None) -> tuple[np.ndarray, int]:
         """(B,) float64 seconds, and how many of them are `default`. Per candidate, the first of:
@@ -78,7 +78,7 @@ class Candidates:
             sent = self.sent_features[i].get(VIDEO_LEN)
             if sent is not None:
                 if _length(sent) is None:
-                    raise ApiError(422, "invalid_video_len", f"video_len must be a number of seconds > 0; got {sent!r}",
+                    raise InvalidInput("invalid_video_len", f"video_len must be a number of seconds > 0; got {sent!r}",
                                    f"candidates[{i}].features.video_len")  # fmt: skip
                 lengths[i] = _length(sent)
                 continue
@@ -87,7 +87,7 @@ class Candidates:
                 length = default
                 defaulted += 1
             if length is None:
-                raise ApiError(422, "missing_video_len",
+                raise InvalidInput("missing_video_len",
                                "video_len (seconds, > 0) is required: the item has none stored and the model's "
                                "schema has no default", f"candidates[{i}].video_len")  # fmt: skip
             lengths[i] = length

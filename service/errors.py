@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.problems import Conflict, InvalidInput, NotFound, Problem, TooLarge, Unavailable
 from service.responses import JSONBytes
 
 log = logging.getLogger("ranker")
@@ -20,6 +21,14 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, field: str | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
+
+
+# The one place a domain problem (service.problems) becomes an HTTP status.
+STATUS: dict[type[Problem], int] = {InvalidInput: 422, TooLarge: 413, NotFound: 404, Conflict: 409, Unavailable: 503}
+
+
+def status_of(problem: Problem) -> int:
+    return next(code for kind, code in STATUS.items() if isinstance(problem, kind))
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONBytes:
@@ -77,6 +86,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError):
         request.state.error_kind = exc.code
         return error_response(exc.status, exc.code, exc.message, exc.field)
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        request.state.error_kind = exc.code
+        return error_response(status_of(exc), exc.code, exc.message, exc.field)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import ApiError
+from service.problems import InvalidInput, TooLarge
 from service.registry import ModelVersion
 
 DATATYPES = {"INT64": np.int64, "FP32": np.float32}
@@ -59,15 +59,15 @@ def infer(mv: ModelVersion, req: InferRequest, max_batch: int) -> dict:
     for k, tensor in enumerate(req.inputs):
         field = f"inputs[{k}]"
         if tensor.name not in declared or tensor.name in arrays:
-            raise ApiError(422, "unknown_input", f"inputs are {sorted(declared)}; got {tensor.name!r} (or twice)", f"{field}.name")
+            raise InvalidInput("unknown_input", f"inputs are {sorted(declared)}; got {tensor.name!r} (or twice)", f"{field}.name")
         expected = ORT_TO_V2[declared[tensor.name].type]
         if tensor.datatype != expected:
-            raise ApiError(422, "wrong_datatype", f"{tensor.name} is {expected}", f"{field}.datatype")
+            raise InvalidInput("wrong_datatype", f"{tensor.name} is {expected}", f"{field}.datatype")
         width = declared[tensor.name].shape[-1]
         if len(tensor.shape) != 2 or (isinstance(width, int) and tensor.shape[1] != width):
-            raise ApiError(422, "wrong_shape", f"{tensor.name} has shape [batch, {width}]", f"{field}.shape")
+            raise InvalidInput("wrong_shape", f"{tensor.name} has shape [batch, {width}]", f"{field}.shape")
         if tensor.shape[0] > max_batch:
-            raise ApiError(413, "batch_too_large", f"batch {tensor.shape[0]} over {max_batch}", f"{field}.shape")
+            raise TooLarge("batch_too_large", f"batch {tensor.shape[0]} over {max_batch}", f"{field}.shape")
         try:
             # Read as sent first: numpy would truncate 1.5 into an INT64 and parse "1" into an FP32.
             sent = np.asarray(tensor.data)
@@ -75,14 +75,14 @@ def infer(mv: ModelVersion, req: InferRequest, max_batch: int) -> dict:
                 raise TypeError(sent.dtype)
             array = sent.astype(DATATYPES[expected]).reshape(tensor.shape)
         except (ValueError, TypeError, OverflowError):
-            raise ApiError(422, "wrong_data", f"data does not fill shape {tensor.shape} with {expected}", f"{field}.data") from None
+            raise InvalidInput("wrong_data", f"data does not fill shape {tensor.shape} with {expected}", f"{field}.data") from None
         if expected == "FP32" and not np.isfinite(array).all():
-            raise ApiError(422, "wrong_data", "data must be finite", f"{field}.data")
+            raise InvalidInput("wrong_data", "data must be finite", f"{field}.data")
         arrays[tensor.name] = array
     if set(arrays) != set(declared):
-        raise ApiError(422, "missing_input", f"inputs {sorted(set(declared) - set(arrays))} are missing", "inputs")
+        raise InvalidInput("missing_input", f"inputs {sorted(set(declared) - set(arrays))} are missing", "inputs")
     if len({a.shape[0] for a in arrays.values()}) != 1 or next(iter(arrays.values())).shape[0] == 0:
-        raise ApiError(422, "wrong_shape", "every input needs the same, non-zero batch size", "inputs")
+        raise InvalidInput("wrong_shape", "every input needs the same, non-zero batch size", "inputs")
     if "sparse_ids" in arrays:  # ids past an embedding table would fail inside ONNX Runtime
         limits = np.array(mv.transform.cardinalities())
         ids = arrays["sparse_ids"]
@@ -90,13 +90,13 @@ def infer(mv: ModelVersion, req: InferRequest, max_batch: int) -> dict:
         if outside.any():
             row, col = (int(i) for i in np.argwhere(outside)[0])
             k = next(k for k, t in enumerate(req.inputs) if t.name == "sparse_ids")
-            raise ApiError(422, "wrong_data", f"sparse_ids[{row}][{col}] is {ids[row, col]}; column {col} "
+            raise InvalidInput("wrong_data", f"sparse_ids[{row}][{col}] is {ids[row, col]}; column {col} "
                            f"({mv.transform.sparse[col].name}) takes ids in [0, {limits[col]})", f"inputs[{k}].data")  # fmt: skip
     outputs = mv.engine.run(arrays)
     wanted = [o.name for o in req.outputs] if req.outputs else list(outputs)
     for k, name in enumerate(wanted):
         if name not in outputs:
-            raise ApiError(422, "unknown_output", f"outputs are {sorted(outputs)}", f"outputs[{k}].name")
+            raise InvalidInput("unknown_output", f"outputs are {sorted(outputs)}", f"outputs[{k}].name")
     return {
         "model_name": mv.name,
         "model_version": str(mv.version),

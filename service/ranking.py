@@ -17,7 +17,7 @@ from contract.features import Encoded, FeatureValueError, usable_or_none
 from contract.scoring import Ranking, ScoreOverflow, rank
 from service import jsonrows
 from service.candidates import EMPTY, VIDEO_LEN, Candidates
-from service.errors import ApiError
+from service.problems import InvalidInput, TooLarge
 from service.metrics import Metrics
 from service.registry import ModelVersion, Registry
 from service.schemas import RankRequest
@@ -65,7 +65,7 @@ class Ranker:
             ranking = rank(values, weights, video_len, transform, spec.scoring.eps)
         except ScoreOverflow as exc:
             field = "video_len_transform" if req.video_len_transform else f"candidates[{exc.index}].video_len"
-            raise ApiError(422, "score_overflow", f"candidates[{exc.index}]: {exc}; choose a length or transform "
+            raise InvalidInput("score_overflow", f"candidates[{exc.index}]: {exc}; choose a length or transform "
                            "parameters that keep f(video_len) below 1e308", field) from None  # fmt: skip
         body = {
             "request_id": req.request_id,
@@ -109,7 +109,7 @@ class Ranker:
             except FeatureValueError as exc:
                 field = self._sent_field(mv, req, candidates, exc)
                 if field is not None:
-                    raise ApiError(422, "invalid_feature", str(exc), field) from None
+                    raise InvalidInput("invalid_feature", str(exc), field) from None
                 if exc.feature in scrubbed:
                     raise
                 log.warning("feature store value not usable (%s); it takes the default", exc)
@@ -137,13 +137,13 @@ class Ranker:
         """The request's limits, in the order the errors are reported; then its candidates as columns."""
         limit = self.settings.max_features
         if len(req.candidates) > self.settings.max_candidates:
-            raise ApiError(413, "too_many_candidates",
+            raise TooLarge("too_many_candidates",
                            f"{len(req.candidates)} candidates; at most {self.settings.max_candidates}", "candidates")  # fmt: skip
         candidates = Candidates.of(req.candidates)
         candidates.check_ids()
         for field, features in (("user.features", req.user.features), ("context", req.context)):
             if len(features) > limit:
-                raise ApiError(422, "too_many_features", f"{len(features)} features; at most {limit}", field)
+                raise InvalidInput("too_many_features", f"{len(features)} features; at most {limit}", field)
         candidates.check_feature_counts(limit)
         return candidates
 
@@ -153,7 +153,7 @@ class Ranker:
         known = {t.name for t in mv.spec.tasks}
         for task, w in (override or {}).items():
             if task not in known:
-                raise ApiError(422, "unknown_task", f"model {mv.name} has no task {task!r}; tasks: {sorted(known)}",
+                raise InvalidInput("unknown_task", f"model {mv.name} has no task {task!r}; tasks: {sorted(known)}",
                                f"weights.{task}")  # fmt: skip
             weights[task] = w
         return weights

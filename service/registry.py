@@ -27,7 +27,7 @@ from contract.modelspec import NAME_PATTERN, ModelSpec, sha256_file
 from service.control import (N_BUCKETS, ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused,
                              RoutingState, bucket_counts)
 from service.engine import InferenceEngine
-from service.errors import ApiError
+from service.problems import Conflict, InvalidInput, NotFound, Problem, Unavailable
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -283,14 +283,14 @@ class Registry:
     def version_path(self, name: str, version: int) -> Path:
         """The folder of a version, refusing names and links that lead out of the repository."""
         if not _NAME.match(name) or version < 1:
-            raise ApiError(422, "invalid_name", "model names are letters, digits, '_', '.', '-'", "name")
+            raise InvalidInput("invalid_name", "model names are letters, digits, '_', '.', '-'", "name")
         path = self.root / name / str(version)
         try:
             inside = path.resolve().is_relative_to(self.root.resolve())
         except OSError:
             inside = False
         if not inside:
-            raise ApiError(422, "outside_repository", f"{name}/{version} leads outside the model repository", "name")
+            raise InvalidInput("outside_repository", f"{name}/{version} leads outside the model repository", "name")
         return path
 
     # ---- loading ----
@@ -307,7 +307,7 @@ class Registry:
                 path = self.version_path(name, version)
                 entry.signature = folder_signature(path)
                 handle = load_version(path, self.settings)
-            except (LoadError, OSError, ApiError) as exc:
+            except (LoadError, OSError, Problem) as exc:
                 entry.state, entry.reason = "failed", str(exc)
                 self.metrics.model_loads.labels(name, "failed").inc()
                 log.error("model %s/%s failed to load: %s", name, version, exc)
@@ -341,7 +341,7 @@ class Registry:
             assert handle is not None
             change = self.interface_change(name, handle)
             if change is not None:
-                raise ApiError(409, "interface_change", f"{name}/{version} has another interface than the serving "
+                raise Conflict("interface_change", f"{name}/{version} has another interface than the serving "
                                f"version ({change}); requests written for {name} may fail on it. Send "
                                '"allow_interface_change": true to route to it anyway', "allow_interface_change")  # fmt: skip
 
@@ -413,15 +413,15 @@ class Registry:
             self.control.write(name, state)
         except ControlUnavailable as exc:
             if required:
-                raise ApiError(503, "control_unavailable", f"cannot share the change with replicas: {exc}") from None
+                raise Unavailable("control_unavailable", f"cannot share the change with replicas: {exc}") from None
             log.warning("could not record %s's routing in the control plane: %s", name, exc)
 
     def _ready_entry(self, name: str, version: int) -> VersionEntry:
         entry = self._entries.get(name, {}).get(version)
         if entry is None:
-            raise ApiError(404, "version_not_found", f"{name}/{version} is not loaded", "version")
+            raise NotFound("version_not_found", f"{name}/{version} is not loaded", "version")
         if entry.state != "ready":
-            raise ApiError(409, "version_not_ready", f"{name}/{version} is {entry.state}", "version")
+            raise Conflict("version_not_ready", f"{name}/{version} is {entry.state}", "version")
         return entry
 
     # ---- admin operations ----
@@ -430,9 +430,9 @@ class Registry:
         try:
             present = self.version_path(name, version).is_dir()
         except OSError as exc:
-            raise ApiError(503, "repository_unreadable", f"the model repository cannot be read: {exc}") from None
+            raise Unavailable("repository_unreadable", f"the model repository cannot be read: {exc}") from None
         if not present:
-            raise ApiError(404, "version_not_found", f"no folder {name}/{version} in the repository", "version")
+            raise NotFound("version_not_found", f"no folder {name}/{version} in the repository", "version")
         self._seen[name].add(version)
         return self.load(name, version)
 
@@ -449,15 +449,15 @@ class Registry:
     def split(self, name: str, weights: dict[int, float], allow_interface_change: bool = False) -> RoutingState:
         with self._locks[name]:
             if max(weights.values()) <= 0:
-                raise ApiError(422, "invalid_split", "split weights must have a positive sum", "weights")
+                raise InvalidInput("invalid_split", "split weights must have a positive sum", "weights")
             for version in sorted(weights):
                 if weights[version] == 0:  # a typo'd weight must not quietly take an arm out of the test
-                    raise ApiError(422, "invalid_split", f"version {version} has weight 0: every version in a split "
+                    raise InvalidInput("invalid_split", f"version {version} has weight 0: every version in a split "
                                    "needs a weight > 0 (leave a version out to give it no traffic)", f"weights.{version}")  # fmt: skip
             current = self._routing.get(name)
             if current is not None and current.state.active not in weights:
                 # {"2": 1.0} while 1 serves would silently be an activate; a split changes shares, not the baseline.
-                raise ApiError(422, "invalid_split", f"a split must include the active version {current.state.active} "
+                raise InvalidInput("invalid_split", f"a split must include the active version {current.state.active} "
                                f"with a weight > 0; to move everyone to another version, activate it", "weights")  # fmt: skip
             for version in weights:
                 self._ready_entry(name, version)
@@ -465,7 +465,7 @@ class Registry:
             counts = bucket_counts(weights)
             for version in sorted(counts):
                 if counts[version] == 0:
-                    raise ApiError(422, "invalid_split", f"version {version}'s share is below one A/B bucket in "
+                    raise InvalidInput("invalid_split", f"version {version}'s share is below one A/B bucket in "
                                    f"{N_BUCKETS:,}: it would get no user", f"weights.{version}")  # fmt: skip
             active = max(counts, key=lambda v: (counts[v], v))
             state = RoutingState(active, counts if len(counts) > 1 else None)
@@ -477,16 +477,16 @@ class Registry:
     def rollback(self, name: str) -> RoutingState:
         with self._locks[name]:
             if name not in self._routing:
-                raise ApiError(404, "model_not_found", f"model {name!r} is not serving", "name")
+                raise NotFound("model_not_found", f"model {name!r} is not serving", "name")
             try:
                 # Checked before anything is written: a state this replica cannot serve stays in the history.
                 state = self.control.rollback(name, lambda earlier: self._prepare(name, earlier))
             except ControlUnavailable as exc:
-                raise ApiError(503, "control_unavailable", f"cannot share the change with replicas: {exc}") from None
+                raise Unavailable("control_unavailable", f"cannot share the change with replicas: {exc}") from None
             except RollbackRefused as exc:
-                raise ApiError(409, "rollback_failed", str(exc)) from None
+                raise Conflict("rollback_failed", str(exc)) from None
             if state is None:
-                raise ApiError(409, "no_history", f"model {name!r} has no earlier state to roll back to")
+                raise Conflict("no_history", f"model {name!r} has no earlier state to roll back to")
             self._to_route.pop(name, None)
             self._apply(name, state)
             return state
@@ -494,10 +494,10 @@ class Registry:
     def unload(self, name: str, version: int) -> None:
         with self._locks[name]:
             if version not in self._entries.get(name, {}):
-                raise ApiError(404, "version_not_found", f"{name}/{version} is not loaded", "version")
+                raise NotFound("version_not_found", f"{name}/{version} is not loaded", "version")
             routing = self._routing.get(name)
             if routing is not None and version in routing.state.weights():
-                raise ApiError(409, "version_serving", f"{name}/{version} receives traffic; route it away first", "version")
+                raise Conflict("version_serving", f"{name}/{version} receives traffic; route it away first", "version")
             entry = self._entries[name].pop(version)  # in-flight requests keep their own reference
             if entry.handle is not None:
                 self.metrics.forget_version(entry.handle)
@@ -519,7 +519,7 @@ class Registry:
     def resolve(self, name: str | None, version: int | None, user_id: str) -> tuple[ModelVersion, int]:
         """The version a request runs on, and the user's A/B bucket."""
         if not self._routing:
-            raise ApiError(503, "not_ready", "no model is loaded yet")
+            raise Unavailable("not_ready", "no model is loaded yet")
         name = name or self.default_name()
         bucket = user_bucket(user_id)
         if version is not None:
@@ -540,7 +540,7 @@ class Registry:
     def _serving_routing(self, name: str, field: str) -> Routing:
         routing = self._routing.get(name)
         if routing is None:
-            raise ApiError(404, "model_not_found", f"model {name!r} is not serving", field)
+            raise NotFound("model_not_found", f"model {name!r} is not serving", field)
         return routing
 
     def handle(self, name: str, version: int) -> ModelVersion | None:

@@ -8,14 +8,15 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.candidates import EMPTY, Candidates
-from service.errors import ApiError
+from service.errors import status_of
+from service.problems import Problem
 from service.settings import Settings
 
 
 def error(call) -> tuple[int, str, str]:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Problem) as caught:
         call()
-    return caught.value.status, caught.value.code, caught.value.field
+    return status_of(caught.value), caught.value.code, caught.value.field
 
 
 def test_the_first_repeated_id_is_named():

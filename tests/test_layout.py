@@ -39,3 +39,20 @@ def test_the_package_metadata_builds_without_deprecation_warnings(tmp_path):
     assert "deprecated" not in (out.stdout + out.stderr).lower(), out.stderr[-2000:]
     metadata = (tmp_path / out.stdout.split()[-1] / "METADATA").read_text()
     assert "License-Expression: MIT" in metadata.splitlines()
+
+
+DOMAIN = ["registry", "ranking", "candidates", "kserve", "control", "store", "engine", "problems"]
+HTTP = ("fastapi", "starlette", "service.errors", "service.responses", "service.routes")
+
+
+@pytest.mark.parametrize("module", DOMAIN)
+def test_the_domain_says_what_went_wrong_without_http(module):
+    """Model lifecycle, ranking, candidates and the KServe shim raise service.problems; only
+    service.errors turns them into statuses (one table)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "service" / f"{module}.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert not [n for n in names if n.startswith(HTTP)], names
