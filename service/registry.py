@@ -1,180 +1,35 @@
-"""The model repository: models/<name>/<version>/ folders, loaded, checked, warmed up, routed.
+"""Model lifecycle: the versions loaded from the repository, the routing each model serves by, the
+admin operations that change it, and the watcher that loads new folders.
 
-One path loads the first version and every later one: read and check model.json, verify
-model.onnx's sha256, open the ONNX Runtime session, check its tensors against model.json, warm it
-up, and only then make it routable. Routing per model is an immutable `Routing` object replaced by
-one assignment, so a request that picked a version finishes on it, and the old session is freed
-when its last request lets go. A version that fails anywhere is marked failed with its reason and
-never touches what serves.
+Routing per model is an immutable `Routing` object replaced by one assignment, so a request that
+picked a version finishes on it, and the old session is freed when its last request lets go. A
+version that fails to load is marked failed with its reason and never touches what serves.
+Loading itself is service.repository's, bucket routing service.routing's. The class is ~500 lines
+because the admin operations, the control-plane sync and the watcher all change the same three
+pieces of state (entries, routing, pending) under one lock per model; splitting them would spread
+that locking over modules.
 """
 
 from __future__ import annotations
 
-import bisect
-import ctypes
-import gc
-import itertools
 import logging
-import re
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract.features import FeatureTransform, stable_hash
-from contract.modelspec import NAME_PATTERN, ModelSpec, sha256_file
 from service.control import (N_BUCKETS, ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused,
                              RoutingState, bucket_counts)
-from service.engine import InferenceEngine
-from service.problems import Conflict, InvalidInput, NotFound, Problem, Unavailable
 from service.metrics import Metrics
+from service.problems import Conflict, InvalidInput, NotFound, Problem, Unavailable
+from service.repository import (LoadError, ModelVersion, Repository, VersionEntry, folder_signature, load_version,
+                                release_memory)
+from service.routing import Routing, startup_order, user_bucket
 from service.settings import Settings
 
 log = logging.getLogger("ranker.registry")
 
-try:  # glibc only; elsewhere release_memory() just collects garbage
-    _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-except (OSError, AttributeError):
-    _LIBC = None
-
-_NAME = re.compile(NAME_PATTERN)
-_ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
-
-
-class LoadError(Exception):
-    pass
-
-
-@dataclass
-class ModelVersion:
-    """A loaded, checked and warmed-up version: everything a request needs."""
-
-    name: str
-    version: int
-    path: Path
-    spec: ModelSpec
-    engine: InferenceEngine
-    transform: FeatureTransform
-    load_seconds: float
-
-
-@dataclass
-class VersionEntry:
-    """What the registry knows of one version folder."""
-
-    name: str
-    version: int
-    state: str  # loading | ready | failed
-    handle: ModelVersion | None = None
-    reason: str | None = None
-    signature: tuple = ()
-    since: float = field(default_factory=time.time)
-
-
-def check_tensors(spec: ModelSpec, engine: InferenceEngine) -> None:
-    """The session's inputs and outputs must be exactly what model.json declares."""
-    session_inputs = {i.name: i.type for i in engine.session.get_inputs()}
-    declared_inputs = {t.name: _ORT_DTYPES[t.dtype] for t in spec.inputs}
-    if session_inputs != declared_inputs:
-        raise LoadError(f"model.onnx inputs {session_inputs} differ from model.json {declared_inputs}")
-    session_outputs = {o.name: o.type for o in engine.session.get_outputs()}
-    for t in spec.outputs:
-        if session_outputs.get(t.name) != _ORT_DTYPES[t.dtype]:
-            raise LoadError(f"model.onnx lacks output {t.name!r} of {t.dtype} (has {session_outputs})")
-    widths = {t.name: t.shape[-1] for t in spec.inputs}
-    for i in engine.session.get_inputs():
-        if isinstance(i.shape[-1], int) and i.shape[-1] != widths[i.name]:
-            raise LoadError(f"input {i.name!r} has width {i.shape[-1]}, model.json says {widths[i.name]}")
-
-
-def load_version(path: Path, settings: Settings) -> ModelVersion:
-    start = time.perf_counter()
-    try:
-        spec = ModelSpec.model_validate_json((path / "model.json").read_bytes())
-    except FileNotFoundError:
-        raise LoadError("model.json is missing") from None
-    except ValueError as exc:
-        raise LoadError(f"model.json does not check out: {exc}") from None
-    if spec.name != path.parent.name or str(spec.version) != path.name:
-        raise LoadError(f"model.json names {spec.name}/{spec.version}, the folder is {path.parent.name}/{path.name}")
-    transform = FeatureTransform(spec.features)
-    if [t.model_dump() for t in spec.inputs] != [t.model_dump() for t in transform.input_specs()]:
-        raise LoadError("model.json's inputs do not match its feature schema")
-    onnx_path = path / "model.onnx"
-    if not onnx_path.is_file():
-        raise LoadError("model.onnx is missing")
-    if sha256_file(onnx_path) != spec.onnx_sha256:
-        raise LoadError("model.onnx does not match the sha256 in model.json")
-    try:
-        engine = InferenceEngine(
-            str(onnx_path),
-            device=settings.device,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            batch_buckets=settings.batch_buckets,
-            io_binding=settings.io_binding,
-            cuda_graph=settings.cuda_graph,
-            adaptive_threads=settings.adaptive_threads,
-        )
-    except Exception as exc:  # ORT raises several types for a broken graph
-        raise LoadError(f"ONNX Runtime cannot open model.onnx: {exc}") from None
-    check_tensors(spec, engine)
-    try:
-        engine.warm_up(transform.encode(1).as_inputs(), engine.buckets)
-    except Exception as exc:
-        raise LoadError(f"warm-up inference failed: {exc}") from None
-    return ModelVersion(spec.name, spec.version, path, spec, engine, transform, time.perf_counter() - start)
-
-
-def user_bucket(user_id: str) -> int:
-    return stable_hash(f"ab\x1f{user_id}") % N_BUCKETS
-
-
-class Routing:
-    """Immutable: which loaded version each A/B bucket goes to."""
-
-    def __init__(self, state: RoutingState, handles: dict[int, ModelVersion]):
-        self.state = state
-        buckets = sorted(state.buckets().items())
-        self.versions = [handles[v] for v, _ in buckets]
-        self.bounds = list(itertools.accumulate(c for _, c in buckets))  # bucket b: the first version whose bound exceeds b
-
-    def pick(self, bucket: int) -> ModelVersion:
-        return self.versions[bisect.bisect_right(self.bounds, bucket)]
-
-
-def startup_order(interfaces: dict) -> list[int]:
-    """The order start-up tries versions in when no shared state names one: the newest version with
-    the interface of the oldest one, then (if none of those loads) the newest with the next oldest
-    interface, and so on. A model name's interface is fixed by its first version until an admin
-    changes it (allow_interface_change, remembered by the control plane): a newer folder with
-    another interface (another data set's model written under this name) never wins a restart."""
-    order: list[int] = []
-    for oldest in sorted(interfaces):
-        if oldest not in order:
-            order += sorted((v for v, i in interfaces.items() if i == interfaces[oldest]), reverse=True)
-    return order
-
-
-def release_memory() -> None:
-    """Hand freed memory back to the OS after a session is dropped.
-
-    ONNX Runtime sessions are freed, but glibc keeps the pages in per-thread arenas; over many
-    swaps on a threaded server that shows as RSS creeping up. malloc_trim returns what it can.
-    """
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def folder_signature(path: Path) -> tuple:
-    """Changes when files in the folder change (a copy in progress, a replaced file)."""
-    try:
-        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir()))
-    except OSError:
-        return ()
+__all__ = ["Registry", "ModelVersion", "VersionEntry", "load_version"]  # re-exported: what callers of the registry use
 
 
 class Registry:
@@ -183,13 +38,13 @@ class Registry:
         self.metrics = metrics
         self.control = control
         self.root = settings.models_dir
+        self.repository = Repository(settings.models_dir, metrics)
         self._entries: dict[str, dict[int, VersionEntry]] = defaultdict(dict)
         self._routing: dict[str, Routing] = {}
         self._seen: dict[str, set[int]] = defaultdict(set)  # folders the watcher has handled
         self._vanished: set[tuple[str, int]] = set()  # loaded versions whose folder is gone (reported once)
         self._corrupt: dict[str, str] = {}  # model -> the garbage last seen in its control keys (logged once)
         self._to_route: dict[str, int] = {}  # auto mode: a new version waiting for the control plane
-        self._unreadable = False  # the models directory failed its last scan (logged once)
         self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -223,7 +78,7 @@ class Registry:
             corrupt = True
         if shared is not None and self._apply(name, shared):
             return
-        interfaces = self._interfaces_on_disk(name, versions)
+        interfaces = self.repository.interfaces(name, versions)
         for version in startup_order(interfaces):
             if self.load(name, version).state == "ready":
                 state = RoutingState(version)
@@ -238,18 +93,6 @@ class Registry:
                                 interfaces[version].difference(interfaces[others[-1]]))  # fmt: skip
                 return
 
-    def _interfaces_on_disk(self, name: str, versions: list[int]) -> dict:
-        """Each version's interface, read from its model.json (versions whose model.json does not
-        check out are left out: they could not load anyway)."""
-        interfaces = {}
-        for version in versions:
-            try:
-                spec = ModelSpec.model_validate_json((self.root / name / str(version) / "model.json").read_bytes())
-            except (OSError, ValueError):
-                continue
-            interfaces[version] = spec.interface()
-        return interfaces
-
     def _note_corrupt(self, name: str, exc: ControlCorrupt) -> None:
         """Garbage in a model's control keys: keep routing as is; say so once per distinct value."""
         if self._corrupt.get(name) != str(exc):
@@ -261,37 +104,13 @@ class Registry:
     # ---- the repository on disk ----
 
     def model_names(self) -> list[str]:
-        try:
-            names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
-        except OSError as exc:
-            self.metrics.repository_events.labels("unreadable").inc()  # every failed scan
-            if not self._unreadable:  # the log line once, not every poll
-                log.error("models directory %s unreadable: %s; what is loaded keeps serving", self.root, exc)
-            self._unreadable = True
-            return []
-        if self._unreadable:
-            log.info("models directory %s readable again", self.root)
-            self._unreadable = False
-        return names
+        return self.repository.model_names()
 
     def versions_on_disk(self, name: str) -> list[int]:
-        try:
-            return sorted(int(p.name) for p in (self.root / name).iterdir() if p.is_dir() and p.name.isdigit())
-        except OSError:
-            return []
+        return self.repository.versions(name)
 
     def version_path(self, name: str, version: int) -> Path:
-        """The folder of a version, refusing names and links that lead out of the repository."""
-        if not _NAME.match(name) or version < 1:
-            raise InvalidInput("invalid_name", "model names are letters, digits, '_', '.', '-'", "name")
-        path = self.root / name / str(version)
-        try:
-            inside = path.resolve().is_relative_to(self.root.resolve())
-        except OSError:
-            inside = False
-        if not inside:
-            raise InvalidInput("outside_repository", f"{name}/{version} leads outside the model repository", "name")
-        return path
+        return self.repository.path(name, version)
 
     # ---- loading ----
 

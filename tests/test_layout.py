@@ -41,7 +41,7 @@ def test_the_package_metadata_builds_without_deprecation_warnings(tmp_path):
     assert "License-Expression: MIT" in metadata.splitlines()
 
 
-DOMAIN = ["registry", "ranking", "candidates", "kserve", "control", "store", "engine", "problems"]
+DOMAIN = ["registry", "repository", "routing", "ranking", "candidates", "kserve", "control", "store", "engine", "problems"]
 HTTP = ("fastapi", "starlette", "service.errors", "service.responses", "service.routes")
 
 
