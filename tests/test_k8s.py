@@ -602,7 +602,12 @@ def test_the_service_serves_and_drains_on_a_read_only_root(rendered, trained, tm
     })  # fmt: skip
     _, uid, gid = dockerfile_user()
     ranker_serve = Path(shutil.which("ranker-serve", path=str(Path(sys.executable).parent)))
-    command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+    # The pod's /tmp is an empty volume; a checkout or venv that lives under /tmp stays visible
+    # (read-only) over it.
+    under_tmp = {d.resolve() for d in (ROOT, Path(sys.prefix)) if d.resolve().is_relative_to("/tmp")}
+    keep = [a for d in sorted(under_tmp) if not any(d != o and d.is_relative_to(o) for o in under_tmp)
+            for a in ("--ro-bind", str(d), str(d))]  # fmt: skip
+    command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *keep,
                "--ro-bind", str(trained.models_dir), "/tmp/models", "--unshare-user", "--uid", str(uid),
                "--gid", str(gid), "--die-with-parent", "--chdir", "/", str(ranker_serve)]  # fmt: skip
     log_path = tmp_path / "serve.log"
