@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import json
@@ -138,3 +139,14 @@ def make_request(n: int, features_dir: Path) -> bytes:
     candidates = [{"id": row_id, "video_len": f.get("video_len", 30.0)} for row_id, f in items]
     candidates += [{"id": f"new{i}", "video_len": 5.0 + i % 300} for i in range(n - len(candidates))]
     return orjson.dumps({"user": {"id": "u42"}, "context": {"network": "wifi", "hour": 21}, "candidates": candidates})
+
+
+def model_parser(description: str, repeat: int) -> argparse.ArgumentParser:
+    """The arguments every served-model benchmark takes: the repository, the feature tables, the
+    model name and how many calls to time."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--features", type=Path, default=ROOT / "data" / "features")
+    p.add_argument("--name", default="ple")
+    p.add_argument("--repeat", type=int, default=repeat)
+    return p

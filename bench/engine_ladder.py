@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, newest_version, percentiles_ms, print_table, write_result
-
 from contract.features import FeatureTransform
 from contract.modelspec import ModelSpec
 from service.engine import CUDA, InferenceEngine

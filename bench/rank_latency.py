@@ -13,7 +13,6 @@ Prints a table and writes bench/results/rank_latency.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -24,8 +23,17 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from bench.common import ROOT, alternated, make_request, newest_version, percentiles_ms, print_table, served, write_result
-
+from bench.common import (
+    ROOT,
+    alternated,
+    make_request,
+    model_parser,
+    newest_version,
+    percentiles_ms,
+    print_table,
+    served,
+    write_result,
+)
 from service.app import create_app
 from service.candidates import Candidates
 from service.jsonbody import loads
@@ -126,11 +134,7 @@ def bench_http(models: Path, features: Path, bodies: dict[int, bytes], repeat: i
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=Path, default=ROOT / "models")
-    p.add_argument("--features", type=Path, default=ROOT / "data" / "features")
-    p.add_argument("--name", default="ple")
-    p.add_argument("--repeat", type=int, default=300)
+    p = model_parser(__doc__, repeat=300)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=4)
     args = p.parse_args()

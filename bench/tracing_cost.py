@@ -9,15 +9,22 @@ Prints p50 / p99 per request at 100 and 500 candidates and writes bench/results/
 
 from __future__ import annotations
 
-import argparse
 import os
-from pathlib import Path
 
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.common import ROOT, alternated, make_request, newest_version, percentiles_ms, print_table, write_result
+from bench.common import (
+    ROOT,
+    alternated,
+    make_request,
+    model_parser,
+    newest_version,
+    percentiles_ms,
+    print_table,
+    write_result,
+)
 from service.app import create_app
 from service.settings import Settings
 from service.tracing import Tracing
@@ -31,11 +38,7 @@ class Dropped(SpanExporter):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=Path, default=ROOT / "models")
-    p.add_argument("--features", type=Path, default=ROOT / "data" / "features")
-    p.add_argument("--name", default="ple")
-    p.add_argument("--repeat", type=int, default=400)
+    p = model_parser(__doc__, repeat=400)
     args = p.parse_args()
     version = newest_version(args.models, args.name)
     settings = Settings(models_dir=args.models, features_dir=args.features, watch="off")

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from bench.common import ROOT, print_table, write_result
-
 from contract.features import FeatureTransform
 from training.data import videolog
 from training.losses import masked_task_losses
