@@ -163,7 +163,7 @@ def compare_http(args, trees: dict[str, Path], tmp: Path) -> dict[str, list[dict
             for threads in args.threads.split(","):
                 env = {"PYTHONPATH": str(tree), "RANKER_FEATURES_DIR": str(args.features), "RANKER_WATCH": "off",
                        "RANKER_INTRA_OP_THREADS": threads}  # fmt: skip
-                urls[f"{rev} threads={threads}"] = stack.enter_context(served(args.models, env))[0] + "/v1/rank"
+                urls[f"{rev} threads={threads}"] = stack.enter_context(served(args.models, env, log_level="warning")).url + "/v1/rank"
         for r in range(args.rounds):
             for name, url in urls.items():
                 load = os.getloadavg()[0]

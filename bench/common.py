@@ -11,8 +11,10 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,27 +110,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Served:
+    url: str
+    proc: subprocess.Popen
+
+
 @contextlib.contextmanager
-def served(models: Path, env: dict | None = None):
-    """A `ranker-serve` process on a free port; yields (url, process)."""
+def served(models: Path, env: dict | None = None, timeout: float = 60, log_path: Path | None = None,
+           log_level: str | None = None):  # fmt: skip
+    """`ranker-serve --models DIR` on a free port until the block ends, for the benchmarks and the
+    tests alike; yields Served(url, process). Its log goes to `log_path` when given; on exit the
+    process gets SIGTERM and must have exited 0 (a caller may stop it itself first)."""
     import httpx
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--models", str(models), "--port", str(port), "--log-level", "warning"],
-                            env={**os.environ, **(env or {})})  # fmt: skip
+    command = [sys.executable, "-m", "service.cli", "--models", str(models), "--port", str(port)]
+    command += ["--log-level", log_level] if log_level else []
+    # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
+    log_file = open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        deadline = time.monotonic() + timeout
+        while True:
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
                     break
             if proc.poll() is not None:
-                raise SystemExit("ranker-serve exited")
+                log_file.seek(0)
+                raise RuntimeError(f"ranker-serve exited: {log_file.read()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("ranker-serve did not become ready")
             time.sleep(0.1)
-        yield url, proc
+        yield Served(url, proc)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        finally:
+            log_file.close()
+        assert code == 0, f"ranker-serve exited {code} on SIGTERM"
 
 
 def make_request(n: int, features_dir: Path) -> bytes:

@@ -116,7 +116,8 @@ def bench_http(models: Path, features: Path, bodies: dict[int, bytes], repeat: i
     import httpx
 
     out = {}
-    with served(models, {"RANKER_FEATURES_DIR": str(features), "RANKER_WATCH": "off"}) as (url, _):
+    with served(models, {"RANKER_FEATURES_DIR": str(features), "RANKER_WATCH": "off"}, log_level="warning") as server:
+        url = server.url
         with httpx.Client(base_url=url, timeout=30) as client:
             for n, body in bodies.items():
                 for _ in range(20):

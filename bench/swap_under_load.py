@@ -146,7 +146,8 @@ def main() -> None:
         (repo / "ple").mkdir(parents=True)
         add_version(repo, source, 1)
         env = {"RANKER_ADMIN_TOKEN": TOKEN, "RANKER_WATCH": "explicit", "RANKER_FEATURES_DIR": ""}
-        with served(repo, env) as (url, proc), httpx.Client(base_url=url, headers=AUTH, timeout=60) as admin:
+        with served(repo, env, log_level="warning") as server, httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as admin:
+            url, proc = server.url, server.proc
             capacity = probe_capacity(url, args.concurrency, args.probe) if args.probe > 0 else None
             rate = args.rate or (capacity * args.load_fraction if capacity else None)
             load_average_before = os.getloadavg()

@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import free_port, served
 from training.data import Dataset, data_root, videolog
 from training.data.files import FULL_FILES
 from training.data.stream import write_parquet
@@ -73,12 +73,6 @@ def stream_args(path: Path) -> list[str]:
     """ranker-train's arguments for a short CGC run streamed from `path` in chunks of 1000 rows."""
     return ["--data", "parquet", "--set", f'data.parquet.path="{path}"', "--set", "data.parquet.chunk_rows=1000",
             "--model", "cgc", "--epochs", "1", "--set", "model.expert_hidden=[8]"]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def need_tool(command: str, package: str, how: str | None = None) -> str:
@@ -152,7 +146,6 @@ class OwnRedis:
         self.process = None
 
     def start(self):
-        import subprocess
 
         import redis
 
@@ -212,57 +205,17 @@ def live_server(app):
 BIN = Path(sys.executable).parent
 
 
-@dataclass
-class Served:
-    url: str
-    proc: subprocess.Popen
-
-
 @contextlib.contextmanager
 def serve_process(models: Path, env: dict | None = None, timeout: float = 60):
     """Run `ranker-serve --models DIR` on a free port until the block ends; yields its URL."""
-    with served_process(models, env, timeout) as served:
-        yield served.url
+    with served_process(models, env, timeout) as server:
+        yield server.url
 
 
-@contextlib.contextmanager
 def served_process(models: Path, env: dict | None = None, timeout: float = 60, log_path: Path | None = None):
-    """As serve_process, yielding the process too; its log goes to `log_path` when given. A test
-    may stop the process itself; it must still have exited 0."""
-    import httpx
-
-    port = free_port()
-    full_env = {**os.environ, "RANKER_FEATURES_DIR": "", **(env or {})}
-    log_file = open(log_path, "w") if log_path else subprocess.PIPE  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([BIN / "ranker-serve", "--models", str(models), "--port", str(port)], env=full_env,
-                            stdout=log_file, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                output = proc.stdout.read() if proc.stdout else Path(log_path).read_text()
-                raise RuntimeError(f"ranker-serve exited: {output}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("ranker-serve did not become ready")
-            time.sleep(0.1)
-        yield Served(url, proc)
-    finally:
-        proc.terminate()
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        finally:
-            if log_path:
-                log_file.close()
-        assert code == 0, f"ranker-serve exited {code} on SIGTERM"
+    """bench.common.served, the one launcher of tests and benchmarks, without the embedded feature
+    tables unless the test names them. Yields Served(url, proc); must exit 0 on SIGTERM."""
+    return served(models, {"RANKER_FEATURES_DIR": "", **(env or {})}, timeout, log_path)
 
 
 # ---- a model repository with two versions of different weights ----

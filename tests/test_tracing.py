@@ -66,7 +66,7 @@ def test_a_refused_request_is_an_error_span_and_a_new_trace_without_a_caller(tra
     assert r.status_code == 404
     root = next(s for s in exporter.get_finished_spans() if s.name == "POST /v1/rank")
     assert root.parent is None and not root.status.is_ok and root.attributes["ranker.model"] == "nope"
-    assert root.attributes["error.type"] == "ApiError" and "ranker.version" not in root.attributes
+    assert root.attributes["error.type"] == "NotFound" and "ranker.version" not in root.attributes  # service.problems
 
 
 def test_no_endpoint_no_tracing(monkeypatch):
