@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from service.control import ControlPlane, InProcessControl, RedisControl
 from service.engine import choose_providers
 from service.errors import InternalErrorMiddleware, install_error_handlers
+from service.featurelog import FeatureLog
 from service.limits import BodyLimitMiddleware
 from service.livestats import LiveStats
 from service.metrics import Metrics, RequestMetricsMiddleware
@@ -52,8 +53,12 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         store, control = build_backends(settings, metrics_)
         registry = Registry(settings, metrics_, control)
         registry.start()
+        feature_log = None
+        if settings.log_sample > 0:
+            feature_log = FeatureLog(redis_client(settings.redis_url, 1.0), settings.redis_prefix, settings.log_sample,
+                                     settings.log_stream_maxlen, settings.log_queue, metrics_)  # fmt: skip
         app.state.registry = registry
-        app.state.ranker = Ranker(registry, store, settings, metrics_)
+        app.state.ranker = Ranker(registry, store, settings, metrics_, feature_log)
         providers = sorted({m["provider"] for m in registry.describe() if m["state"] == "ready"})
         log.info("serving %s from %s; providers %s; feature store %s", [m["name"] + "/" + str(m["version"])
                  for m in registry.describe() if m["active"]], settings.models_dir, providers, store.kind)  # fmt: skip
@@ -61,6 +66,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             yield
         finally:
             registry.close()
+            if feature_log is not None:
+                feature_log.close()  # writes what is queued
             if tracing is not None:
                 tracing.shutdown()
 

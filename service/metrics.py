@@ -39,6 +39,10 @@ class Metrics:
         self.store_misses = Counter("ranker_feature_store_misses_total", "ids the feature store did not know",
                                     ["store"], registry=r)  # fmt: skip
         self.errors = Counter("ranker_errors_total", "error responses by kind", ["kind"], registry=r)
+        # Serving-time feature log (service.featurelog): "written" to the stream, or dropped:
+        # "queue_full" (Redis slower than the sampled traffic), "redis_error" (the write failed).
+        self.feature_log = Counter("ranker_feature_log_records_total", "sampled feature log records by outcome",
+                                   ["outcome"], registry=r)  # fmt: skip
         self.model_loads = Counter("ranker_model_loads_total", "model version loads", ["model", "result"], registry=r)
         self.model_load_seconds = Histogram("ranker_model_load_duration_seconds", "load + check + warm-up time",
                                             ["model"], buckets=LOAD_BUCKETS, registry=r)  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -15,10 +16,11 @@ import orjson
 
 from contract.features import Encoded, FeatureValueError, usable_or_none
 from contract.scoring import Ranking, ScoreOverflow, rank
-from service import jsonrows
+from service import featurelog, jsonrows
 from service.candidates import EMPTY, VIDEO_LEN, Candidates
-from service.problems import InvalidInput, TooLarge
+from service.featurelog import FeatureLog
 from service.metrics import Metrics
+from service.problems import InvalidInput, TooLarge
 from service.registry import ModelVersion, Registry
 from service.schemas import RankRequest
 from service.settings import Settings
@@ -28,8 +30,10 @@ log = logging.getLogger("ranker")
 
 
 class Ranker:
-    def __init__(self, registry: Registry, store: FeatureStore, settings: Settings, metrics: Metrics):
+    def __init__(self, registry: Registry, store: FeatureStore, settings: Settings, metrics: Metrics,
+                 feature_log: FeatureLog | None = None):  # fmt: skip
         self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
+        self.feature_log = feature_log
 
     def rank(self, req: RankRequest, stages: dict[str, float] | None = None,
              served: dict[str, ModelVersion] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -67,8 +71,13 @@ class Ranker:
             field = "video_len_transform" if req.video_len_transform else f"candidates[{exc.index}].video_len"
             raise InvalidInput("score_overflow", f"candidates[{exc.index}]: {exc}; choose a length or transform "
                            "parameters that keep f(video_len) below 1e308", field) from None  # fmt: skip
+        request_id = req.request_id
+        if self.feature_log is not None and self.feature_log.sampled():
+            request_id = request_id or uuid.uuid4().hex  # the id feedback will name this impression by
+            self.feature_log.offer(featurelog.record(request_id, req.user.id, mv.name, mv.version, candidates.ids, shared,
+                                                     per_row, values, ranking.order, ranking.log_score))  # fmt: skip
         body = {
-            "request_id": req.request_id,
+            "request_id": request_id,
             "model": mv.name,
             "version": mv.version,
             "bucket": bucket,

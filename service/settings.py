@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     redis_prefix: str = "ranker:"
     redis_timeout_ms: float = Field(20.0, gt=0)  # a feature fetch gives up after this; the request degrades
     control_resync_s: float = Field(5.0, gt=0)  # replicas re-read the control keys at least this often
+    # Serving-time feature log (service.featurelog): the share of /v1/rank requests whose features,
+    # outputs and order go to the Redis Stream <prefix>log:impressions (0: none). Needs redis_url.
+    log_sample: float = Field(0.0, ge=0, le=1)
+    log_stream_maxlen: int = Field(1_000_000, ge=1)  # the stream is capped near this many records
+    log_queue: int = Field(1024, ge=1)  # records waiting for Redis; past it they are dropped and counted
     # The watcher loads version folders that appear: `explicit` waits for an admin call, `auto` also
     # routes to a newer one with the same interface, `off` does not watch. explicit by default: a
     # folder written to the repository (a test run, a staged candidate) must not take production
@@ -68,6 +73,12 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, v):
         # RANKER_REDIS_URL= (empty) in a compose file or shell means "not set", not "the path ''".
         return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _log_needs_redis(self) -> "Settings":
+        if self.log_sample > 0 and not self.redis_url:
+            raise ValueError("log_sample > 0 writes the feature log to a Redis Stream: set RANKER_REDIS_URL too")
+        return self
 
     @field_validator("batch_buckets")
     @classmethod
