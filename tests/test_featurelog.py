@@ -27,10 +27,10 @@ def settings(trained, url: str, prefix: str, sample: float) -> Settings:
 def request(n: int) -> dict:
     """Values of every source: the user's own, the context, per-candidate numbers and categories, and
     candidates with nothing sent (the store or the schema's defaults fill them)."""
-    return {"user": {"id": "u7", "features": {"user_watch_minutes": 12.5, "city_tier": "2"}},
+    return {"user": {"id": "u7", "features": {"user_watch_minutes": 12.5, "city_tier": "t3"}},
             "context": {"network": "wifi", "hour": 21},
             "candidates": [{"id": f"v{i}", "video_len": 10.0 + 7 * i,
-                            "features": {"author_followers": 50 * i, "category": f"c{i % 3}"} if i % 4 else {}}
+                            "features": {"author_followers": 50 * i, "category": ("sports", "gaming", "beauty")[i % 3]} if i % 4 else {}}
                            for i in range(n)]}  # fmt: skip
 
 
