@@ -8,7 +8,7 @@ each candidate's id and position in the answer, each task's output and the score
 record with the version's transform gives the model's inputs bit for bit (tests/test_featurelog.py):
 training on logged rows trains on what was served, not on a re-derivation of it.
 
-The request only offers the record to a bounded queue; a background thread XADDs it to the
+A sampled request builds the record and offers it to a bounded queue; a background thread XADDs it to the
 stream `<prefix>log:impressions`, capped near `RANKER_LOG_STREAM_MAXLEN` entries (MAXLEN ~). A full
 queue (Redis slow) or a failed write (Redis down) drops the record and counts it
 (`ranker_feature_log_records_total{outcome}`); the ranking is never delayed or failed by it.
