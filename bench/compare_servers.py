@@ -4,6 +4,12 @@ Servers, each serving the newest version of the model (same weights, same featur
 scoring formula, same JSON request):
   ple-ranker      `ranker-serve`: one uvicorn process, ONNX Runtime (its default threads)
   ple-ranker-1t   the same with RANKER_INTRA_OP_THREADS=1 (one ORT thread per concurrent request)
+  ple-ranker-2w   `ranker-serve` with RANKER_WORKERS=2: two worker processes on one socket, one ORT
+                  thread each, routing in Redis (--redis-url, a key prefix of the run's own, deleted
+                  after), the feature tables in process like every other server here
+                  (RANKER_FEATURE_STORE=embedded)
+  fastapi-ort     bench/peers/fastapi_ort.py: FastAPI + ONNX Runtime, uvicorn --workers 2, 1 ORT
+                  thread per worker: the same RankingCore and model.onnx, the plain two-process server
   fastapi-torch   bench/peers/fastapi_torch.py: FastAPI + PyTorch eager, uvicorn --workers 2,
                   1 torch thread per worker
   bentoml         bench/peers/bento_service.py: BentoML 1.4 + ONNX Runtime, workers=2, 1 ORT thread each
@@ -47,7 +53,8 @@ SIZES = (100, 500, 1000)
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
 WARMUP_S = 2.0  # each load run's unmeasured start
-ALL = ("ple-ranker", "ple-ranker-wide", "ple-ranker-1t", "fastapi-torch", "bentoml", "torchserve")
+ALL = ("ple-ranker", "ple-ranker-wide", "ple-ranker-1t", "ple-ranker-2w", "fastapi-ort", "fastapi-torch", "bentoml",
+       "torchserve")  # fmt: skip
 
 SETTINGS = {
     "ple-ranker": "ranker-serve: 1 uvicorn process (the service's design: one worker per container), "
@@ -56,6 +63,10 @@ SETTINGS = {
     "ple-ranker-wide": "as ple-ranker with RANKER_ADAPTIVE_THREADS=false: every call on two ORT threads "
     "(the default before adaptive threads)",
     "ple-ranker-1t": "as ple-ranker with RANKER_INTRA_OP_THREADS=1: every call on one ORT thread",
+    "ple-ranker-2w": "ranker-serve with RANKER_WORKERS=2: two worker processes on one socket, one ORT thread each "
+    "(cores / workers), routing through the Redis control plane, feature tables in process (RANKER_FEATURE_STORE=embedded)",
+    "fastapi-ort": "uvicorn --workers 2, FastAPI + ONNX Runtime intra_op_num_threads=1 per worker, the same "
+    "RankingCore (feature tables in process) and model.onnx as ple-ranker, ORJSONResponse",
     "fastapi-torch": "uvicorn --workers 2 (one process per core), torch.set_num_threads(1) per worker, "
     "torch.inference_mode, ORJSONResponse",
     "bentoml": "bentoml serve, @bentoml.service(workers=2), ONNX Runtime intra_op_num_threads=1 per worker",
@@ -71,7 +82,8 @@ def peer_env(version: Path, features: Path) -> dict:
             "PYTHONPATH": str(ROOT)}  # fmt: skip
 
 
-def launch(name: str, version: Path, models: Path, features: Path, port: int, log) -> tuple[subprocess.Popen, str]:
+def launch(name: str, version: Path, models: Path, features: Path, port: int, log,
+           redis_url: str | None = None) -> tuple[subprocess.Popen, str]:  # fmt: skip
     """Start one server; returns the process (its own session) and the URL that ranks."""
     env = peer_env(version, features)
     if name.startswith("ple-ranker"):
@@ -80,7 +92,14 @@ def launch(name: str, version: Path, models: Path, features: Path, port: int, lo
             env["RANKER_INTRA_OP_THREADS"] = "1"
         if name == "ple-ranker-wide":
             env["RANKER_ADAPTIVE_THREADS"] = "false"
+        if name == "ple-ranker-2w":
+            env.update(RANKER_WORKERS="2", RANKER_REDIS_URL=redis_url, RANKER_REDIS_PREFIX=f"bench-{port}:",
+                       RANKER_FEATURE_STORE="embedded", RANKER_WATCH="explicit")  # fmt: skip
         cmd = [str(BIN / "ranker-serve"), "--models", str(models), "--port", str(port), "--log-level", "warning"]
+        path = "/v1/rank"
+    elif name == "fastapi-ort":
+        cmd = [sys.executable, "-m", "uvicorn", "bench.peers.fastapi_ort:app", "--workers", "2", "--port", str(port),
+               "--log-level", "warning", "--no-access-log"]  # fmt: skip
         path = "/v1/rank"
     elif name == "fastapi-torch":
         cmd = [sys.executable, "-m", "uvicorn", "bench.peers.fastapi_torch:app", "--workers", "2", "--port", str(port),
@@ -123,6 +142,14 @@ def torchserve_command(env: dict, port: int) -> list[str]:
     env["LOG_LOCATION"] = env["METRICS_LOCATION"] = str(CACHE / "torchserve" / "logs")
     return [str(venv / "torchserve"), "--start", "--foreground", "--ts-config", str(config), "--ncs",
             "--disable-token-auth"]  # fmt: skip
+
+
+def drop_bench_keys(redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match="bench-*", count=1000):
+        client.delete(key)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -172,7 +199,7 @@ def start(name: str, args, version: Path, probe: bytes) -> tuple[subprocess.Pope
     log_path = CACHE / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:  # the child keeps its own handle
-        proc, url = launch(name, version, args.models, args.features, free_port(), log)
+        proc, url = launch(name, version, args.models, args.features, free_port(), log, args.redis_url)
     try:
         return proc, url, wait_ready(url, probe, proc)
     except Exception:
@@ -225,8 +252,9 @@ def engine_ceilings(version: Path, features: Path, bodies: dict[int, Path], seco
 
     import onnxruntime as ort
     import torch
-    from peers.core import RankingCore
-    from peers.torch_model import load_model
+
+    from bench.peers.core import RankingCore
+    from bench.peers.torch_model import load_model
 
     core = RankingCore(version, features)
     options = ort.SessionOptions()
@@ -294,13 +322,15 @@ def main() -> None:
     p.add_argument("--connections", default="4,16", help="closed-loop connection counts; the best is saturation")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--out", default="compare_servers", help="result file name under bench/results/")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15", help="Redis for ple-ranker-2w's control "
+                   "plane (its keys are deleted after the run)")
     args = p.parse_args()
     args.connections = [int(c) for c in args.connections.split(",")]
     args.models, args.features = args.models.resolve(), args.features.resolve()
     version = newest_version(args.models, args.name)
     state = CACHE / f"{version.parent.name}-{version.name}.pt"
     if not state.exists():
-        from peers.torch_model import export_state
+        from bench.peers.torch_model import export_state
 
         print(f"max |torch - onnx| = {export_state(version, state):.2e} (saved {state})")
     load_before = os.getloadavg()
@@ -345,6 +375,8 @@ def main() -> None:
     finally:
         for proc, _ in running.values():
             stop(proc)
+        if "ple-ranker-2w" in running:
+            drop_bench_keys(args.redis_url)
     results = {k: v for k, v in results.items() if all(str(n) in v for n in bodies)}
     load_after = os.getloadavg()
 

@@ -26,18 +26,21 @@ log = logging.getLogger("ranker")
 
 
 def build_backends(settings: Settings, metrics: Metrics) -> tuple[FeatureStore, ControlPlane]:
-    """Redis when a URL is configured, else the embedded in-process store and control plane."""
+    """The control plane in Redis when a URL is configured, else in process; features per
+    settings.feature_store (auto: Redis when a URL is configured, else the embedded tables)."""
+    control: ControlPlane = InProcessControl()
     if settings.redis_url:
-        features = RedisStore(redis_client(settings.redis_url, settings.redis_timeout_ms / 1000), settings.redis_prefix)
         # The control plane tolerates a slower Redis than the per-request feature fetch.
         control = RedisControl(redis_client(settings.redis_url, 2.0), settings.redis_prefix, settings.control_resync_s,
                                on_problem=lambda event: metrics.control_events.labels(event).inc())  # fmt: skip
-        return features, control
+    if settings.redis_url and settings.feature_store != "embedded":
+        timeout = settings.redis_timeout_ms / 1000
+        return RedisStore(redis_client(settings.redis_url, timeout), settings.redis_prefix), control
     store = InProcessStore()
     if settings.features_dir is not None:
         counts = load_tables(store, settings.features_dir)
         log.info("embedded feature store: %s", counts)
-    return store, InProcessControl()
+    return store, control
 
 
 def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 feature_log.close()  # writes what is queued
             if tracing is not None:
                 tracing.shutdown()
+            metrics_.close()
 
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package, not from a CDN, so
     # they render where the service runs without internet access.
@@ -85,7 +89,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.state.settings = settings
     app.state.metrics = metrics_
     app.state.tracing = tracing
-    app.state.live_stats = LiveStats(metrics_.registry)  # windows for the /dashboard page
+    app.state.live_stats = LiveStats(metrics_.exposition)  # windows for the /dashboard page (every worker's)
     install_error_handlers(app)
     routers = (rank.router, models.router, admin.router, kserve.router, health.router, metrics.router, dashboard.router)
     for router in routers:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import uvicorn
@@ -11,7 +15,9 @@ from pydantic import ValidationError
 
 from service import logsafe
 from service.app import create_app
+from service.engine import usable_cores
 from service.settings import Settings
+from service.workers import Supervisor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,16 +36,55 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         p.error(str(exc))
     logsafe.configure(settings.log_level)
-    # One worker per process: metrics and the model registry live in this process. log_config=None:
-    # uvicorn's records go through the same escaping formatter as ours (no log injection).
+    if settings.workers > 1:
+        flags = {f"RANKER_{k.upper()}": str(v) for k, v in vars(args).items() if v is not None}
+        return serve_workers(settings, flags)
+    # log_config=None: uvicorn's records go through the same escaping formatter as ours (no log injection).
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False, log_config=None,
                             timeout_keep_alive=settings.keep_alive_s)  # fmt: skip
-    _Server(config).run()
+    QuietTermServer(config).run()
     return 0
 
 
-class _Server(uvicorn.Server):
+def serve_workers(settings: Settings, flags: dict[str, str]) -> int:
+    """`settings.workers` worker processes on one socket under a supervisor (service.workers). Each
+    worker builds its app from the environment, so the flags are passed on as RANKER_* variables;
+    the workers' metric files go to PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless one is
+    given, emptied either way: files left by an earlier run would be summed in)."""
+    os.environ.update(flags)
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(given) if given else Path(tempfile.mkdtemp(prefix="ranker-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    config = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
+              "log_config": None, "timeout_keep_alive": settings.keep_alive_s}  # fmt: skip
+    try:
+        supervisor = Supervisor(settings.workers, settings.host, settings.port, config, folder)
+    except OSError as exc:
+        logging.getLogger("ranker").error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
+        return 1
+    try:
+        return supervisor.run()
+    finally:
+        if not given:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def worker_app():
+    """One worker's app (uvicorn calls this in each worker process), from the RANKER_* environment.
+    intra_op_threads is the container's ONNX Runtime threads (0: one per core), shared out: each of
+    N workers gets 1/N of them, so N workers do not start N x cores threads on the same cores."""
+    settings = Settings()
+    threads = settings.intra_op_threads or usable_cores()
+    settings = settings.model_copy(update={"intra_op_threads": max(1, threads // settings.workers)})
+    logsafe.configure(settings.log_level)
+    return create_app(settings)
+
+
+class QuietTermServer(uvicorn.Server):
     """Exits 0 after a graceful SIGTERM shutdown (uvicorn re-raises the signal, exiting -15),
     so an orchestrator's normal stop is not reported as a crash."""
 

@@ -1,13 +1,23 @@
-"""Prometheus metrics, declared once per app on a registry of its own (fresh in every test)."""
+"""Prometheus metrics, declared once per app on a registry of its own (fresh in every test).
+
+With several worker processes (RANKER_WORKERS > 1) prometheus-client runs in its multiprocess
+mode: ranker-serve points PROMETHEUS_MULTIPROC_DIR at an empty folder before the workers start,
+each worker writes its values to files there, and `Metrics.exposition` (what /metrics and the
+dashboard read) sums every worker's files, so whichever worker answers a scrape shows the whole
+container. Gauges say how they combine: requests in flight add up over the live workers; the
+routing gauges, which every worker sets alike, show the most recent value.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.routing import BaseRoute, Match
 
 if TYPE_CHECKING:
@@ -24,10 +34,20 @@ LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60
 CANDIDATE_BUCKETS = (1, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 4000)
 
 
+def multiprocess_dir() -> str | None:
+    """The folder shared by the worker processes' metric files, when there are several."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # What a scrape reads: this process's registry, or every worker's files summed.
+        self.exposition = r
+        if multiprocess_dir():
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition)
         self.requests = Histogram("ranker_request_duration_seconds", "HTTP request latency",
                                   ["route", "method", "status"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.inference = Histogram("ranker_inference_duration_seconds", "ONNX Runtime time per call",
@@ -63,14 +83,15 @@ class Metrics:
         self.model_swaps = Counter("ranker_model_swaps_total", "changes of the serving version or split",
                                    ["model"], registry=r)  # fmt: skip
         self.traffic_share = Gauge("ranker_model_traffic_share", "share of users routed to a version",
-                                   ["model", "version"], registry=r)  # fmt: skip
+                                   ["model", "version"], registry=r, multiprocess_mode="mostrecent")  # fmt: skip
         self.degraded = Counter("ranker_degraded_requests_total",
                                 "requests answered with a fallback (e.g. features defaulted because Redis failed)",
                                 ["reason"], registry=r)  # fmt: skip
         self.active_version = Gauge("ranker_model_active_version", "version serving by default", ["model"],
-                                    registry=r)  # fmt: skip
+                                    registry=r, multiprocess_mode="mostrecent")  # fmt: skip
         # Saturation: requests being handled right now (queueing shows here before it shows in p99).
-        self.in_flight = Gauge("ranker_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.in_flight = Gauge("ranker_requests_in_flight", "HTTP requests being handled", registry=r,
+                               multiprocess_mode="livesum")  # fmt: skip
         # Per model version, to compare the arms of a split (the dashboard's versions table, Grafana).
         # Labels are the loaded versions only (forget_version drops an unloaded one's series), times
         # two outcomes or the model's few tasks: the series stay bounded.
@@ -83,6 +104,11 @@ class Metrics:
         # a binary task), which shows a version that predicts differently before its outcomes do.
         self.predicted = Counter("ranker_predicted_value", "sum of the per-task predictions over scored candidates",
                                  ["model", "version", "task"], registry=r)  # fmt: skip
+
+    def close(self) -> None:
+        """A worker stopping: its live gauges (requests in flight) leave the sum; its counters stay."""
+        if multiprocess_dir():
+            mark_process_dead(os.getpid())
 
     def observe_inference(self, mv: "ModelVersion", seconds: float) -> None:
         self.inference.labels(mv.name, str(mv.version), mv.engine.provider).observe(seconds)
@@ -98,7 +124,11 @@ class Metrics:
         self.version_requests.labels(mv.name, str(mv.version), "ok" if ok else "error").observe(seconds)
 
     def forget_version(self, mv: "ModelVersion") -> None:
-        """Drop an unloaded version's series, so label sets do not grow with every version ever served."""
+        """Drop an unloaded version's series, so label sets do not grow with every version ever served.
+        Not with several workers: prometheus-client cannot remove a series from the shared files, so
+        there they stay (with traffic share 0) until the service restarts."""
+        if multiprocess_dir():
+            return
         model, version = mv.name, str(mv.version)
         labels = [(self.traffic_share, (model, version)), (self.inference, (model, version, mv.engine.provider)),
                   (self.scored, (model, version))]  # fmt: skip

@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     redis_url: str | None = None  # features and control plane in Redis; None: embedded, in process
+    # Where user and item features come from: `auto` is Redis when redis_url is set, else the embedded
+    # tables of features_dir; `embedded` keeps the tables in process even with Redis as control plane
+    # (each worker process holds its own copy).
+    feature_store: Literal["auto", "redis", "embedded"] = "auto"
     redis_prefix: str = "ranker:"
     redis_timeout_ms: float = Field(20.0, gt=0)  # a feature fetch gives up after this; the request degrades
     control_resync_s: float = Field(5.0, gt=0)  # replicas re-read the control keys at least this often
@@ -35,11 +39,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     default_model: str | None = None  # model used when a request names none (default: "ple", else the first)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Serving processes per container (or pod). 1 is the only value today: the loaded models, the
-    # routing, the watcher and the metrics live in one process (README, "One uvicorn worker per
-    # container"); scale with replicas. Deployments state it once (deploy/k8s/base/ranker.env), next
-    # to what is sized per process, so a change to several processes has one place to start from.
-    workers: int = Field(1, ge=1, le=1)
+    # Serving processes per container (or pod). With 1, everything lives in one process and Redis is
+    # optional. With N > 1, ranker-serve starts N uvicorn workers on one socket, each a replica of
+    # the others: routing goes through the Redis control plane (so redis_url is required), every
+    # worker's watcher loads new folders itself (so watch cannot be off), and the metrics are summed
+    # over the workers (prometheus-client's multiprocess mode). docs/performance.md, "Processes".
+    workers: int = Field(1, ge=1, le=64)
 
     # ONNX Runtime threads for a lone call: 0 lets ORT pick (one per physical core).
     intra_op_threads: int = Field(0, ge=0)
@@ -78,6 +83,22 @@ class Settings(BaseSettings):
     def _log_needs_redis(self) -> "Settings":
         if self.log_sample > 0 and not self.redis_url:
             raise ValueError("log_sample > 0 writes the feature log to a Redis Stream: set RANKER_REDIS_URL too")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_store_needs_redis(self) -> "Settings":
+        if self.feature_store == "redis" and not self.redis_url:
+            raise ValueError("feature_store redis reads features from Redis: set RANKER_REDIS_URL too")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_through_redis(self) -> "Settings":
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError("workers > 1 runs each worker as a replica that takes its routing from the Redis control "
+                             "plane: set RANKER_REDIS_URL too (or RANKER_WORKERS=1)")
+        if self.workers > 1 and self.watch == "off":
+            raise ValueError("workers > 1 needs RANKER_WATCH explicit or auto: an admin load reaches one worker, and "
+                             "each worker's watcher loads new version folders for itself")
         return self
 
     @field_validator("batch_buckets")

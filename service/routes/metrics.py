@@ -8,4 +8,4 @@ router = APIRouter(tags=["monitoring"])
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(m: MetricsDep) -> Response:
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(m.exposition), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,142 @@
+"""Several serving processes on one port (RANKER_WORKERS > 1): a supervisor and its workers.
+
+Why processes: the rank route's Python (parse, features, scoring, JSON) holds the GIL, so one
+process keeps one core busy with Python however many threads it has; N processes use N cores.
+Each worker is a whole app, a replica of the others: it loads every model itself, follows the Redis
+control plane for routing (so an admin call answered by any worker reaches all of them), runs its
+own watcher, and writes its metrics to PROMETHEUS_MULTIPROC_DIR, where every worker's /metrics
+sums them (service.metrics).
+
+The supervisor binds the socket once, starts the workers (spawned, so each imports the service
+afresh), starts a new one when one dies, and stops them all on SIGTERM or SIGINT (each drains its
+requests in flight first) and exits 0; a worker that cannot start (a bad model folder, Redis
+unreachable at start) stops the supervisor with status 1 instead of restarting forever.
+
+Connections are spread by `FairListener`. All workers wait on the one listening socket, and
+whichever wakes first would take every connection that is waiting: a load balancer's or a client's
+few keep-alive connections, opened together, could all land on one worker and leave the other
+cores idle (measured here before this: 2 and 4 connections on one of two workers in 3 of 6 runs).
+So a worker that already holds k connections waits k milliseconds (at most MAX_DEFER_S) before it
+accepts: a worker holding fewer takes the connection first, like nginx's accept_mutex_delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
+
+log = logging.getLogger("ranker.workers")
+
+DEFER_PER_CONNECTION_S = 0.001
+MAX_DEFER_S = 0.004
+RECENT_S = 0.05  # accepted this recently: maybe not registered with the server yet
+STARTUP_FAILURE = 3  # uvicorn's exit status when a worker's app did not start
+STOP_GRACE_S = 60.0  # a worker still draining after this is killed
+
+
+class FairListener(socket.socket):
+    """The shared listening socket as one worker sees it: accept() defers by the connections this
+    worker already holds, so the worker holding the fewest takes a new connection."""
+
+    held: Callable[[], int] = staticmethod(lambda: 0)
+    recent: deque[float]
+
+    @classmethod
+    def of(cls, sock: socket.socket, held: Callable[[], int]) -> FairListener:
+        listener = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        listener.held, listener.recent = held, deque()
+        return listener
+
+    def accept(self):
+        # asyncio accepts a burst of waiting connections in one go, before any of them is registered
+        # with the server: the ones accepted in the last RECENT_S count as held too.
+        now = time.monotonic()
+        while self.recent and now - self.recent[0] > RECENT_S:
+            self.recent.popleft()
+        held = self.held() + len(self.recent)
+        if held:
+            time.sleep(min(held * DEFER_PER_CONNECTION_S, MAX_DEFER_S))
+        accepted = super().accept()  # BlockingIOError when a worker holding fewer took it meanwhile
+        self.recent.append(time.monotonic())
+        return accepted
+
+
+def run_worker(sock: socket.socket, config_kwargs: dict) -> None:
+    """One worker process: the app from service.cli.worker_app on the shared socket. On asyncio's
+    own event loop, not uvloop: uvloop accepts in C and never calls FairListener.accept."""
+    from service.cli import QuietTermServer
+
+    config = uvicorn.Config("service.cli:worker_app", factory=True, loop="asyncio", **config_kwargs)
+    server = QuietTermServer(config)
+    listener = FairListener.of(sock, lambda: len(server.server_state.connections))
+    server.run(sockets=[listener])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+class Supervisor:
+    def __init__(self, workers: int, host: str, port: int, config_kwargs: dict, metrics_dir: Path):
+        self.workers, self.config_kwargs, self.metrics_dir = workers, config_kwargs, metrics_dir
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(2048)
+        self.sock.set_inheritable(True)
+        self.context = multiprocessing.get_context("spawn")
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.stopping = False
+
+    def _start_one(self) -> multiprocessing.process.BaseProcess:
+        process = self.context.Process(target=run_worker, args=(self.sock, self.config_kwargs), name="ranker-worker")
+        process.start()
+        return process
+
+    def _stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        host, port = self.sock.getsockname()[:2]
+        log.info("ranker-serve on http://%s:%d with %d worker processes (supervisor %d)", host, port, self.workers,
+                 os.getpid())  # fmt: skip
+        self.processes = [self._start_one() for _ in range(self.workers)]
+        status = 0
+        while not self.stopping:
+            time.sleep(0.2)
+            for i, process in enumerate(self.processes):
+                if process.is_alive() or self.stopping:
+                    continue
+                mark_process_dead(process.pid, str(self.metrics_dir))  # its in-flight gauge leaves the sum
+                if process.exitcode == STARTUP_FAILURE:
+                    log.error("worker %d could not start (its log says why); stopping", process.pid)
+                    self.stopping, status = True, 1
+                    break
+                log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
+                self.processes[i] = self._start_one()
+        self._stop_all()
+        return status
+
+    def _stop_all(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)  # each drains its requests in flight, then exits
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker %d still running after %.0f s; killing it", process.pid, STOP_GRACE_S)
+                process.kill()
+                process.join()
+        self.sock.close()

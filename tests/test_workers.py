@@ -1,0 +1,147 @@
+"""RANKER_WORKERS=2: two worker processes on one port behave as one service (real Redis, real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+from pydantic import ValidationError
+
+from service.settings import Settings
+from tests.conftest import REDIS_URL, served_process, wait_until
+
+TOKEN = "workers-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BODY = json.dumps({"user": {"id": "u1"}, "candidates": [{"id": f"v{i}", "video_len": 30.0} for i in range(50)]})
+
+
+def test_several_workers_need_redis_and_a_watcher():
+    with pytest.raises(ValidationError, match="RANKER_REDIS_URL"):
+        Settings(workers=2)
+    with pytest.raises(ValidationError, match="RANKER_WATCH"):
+        Settings(workers=2, redis_url=REDIS_URL, watch="off")
+    assert Settings(workers=2, redis_url=REDIS_URL).workers == 2
+    assert Settings(redis_url=None).workers == 1  # the embedded default is untouched
+    with pytest.raises(ValidationError, match="RANKER_REDIS_URL"):
+        Settings(feature_store="redis")
+
+
+def test_feature_tables_can_stay_in_process_beside_a_redis_control_plane(trained, redis_prefix):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    base = {"models_dir": trained.models_dir, "features_dir": trained.features_dir, "redis_url": REDIS_URL,
+            "redis_prefix": redis_prefix, "watch": "off"}  # fmt: skip
+    for store, kind in (("auto", "redis"), ("redis", "redis"), ("embedded", "embedded")):
+        with TestClient(create_app(Settings(**base, feature_store=store))) as client:
+            assert client.app.state.ranker.store.kind == kind, store
+            assert type(client.app.state.registry.control).__name__ == "RedisControl"
+
+
+def ranked_by_worker(folder: Path) -> dict[int, int]:
+    """Rank requests each worker process has answered, read from its own metric file (where each
+    histogram bucket holds its own count, not the running total of the exposition)."""
+    counts = {}
+    for path in folder.glob("histogram_*.db"):
+        pid = int(re.search(r"_(\d+)\.db$", path.name).group(1))
+        counts[pid] = 0
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            _, sample, labels, _ = json.loads(key)
+            if sample == "ranker_request_duration_seconds_bucket" and labels.get("route") == "/v1/rank":
+                counts[pid] += int(value)
+    return counts
+
+
+def rank_total(url: str) -> float:
+    """The /v1/rank requests answered 200 according to one scrape (a new connection: any worker)."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    found = re.search(r'ranker_request_duration_seconds_count\{method="POST",route="/v1/rank",status="200"\} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
+def send_over(connections: int, requests_each: int, url: str) -> list[int]:
+    """Open `connections` keep-alive connections at once, then send requests on each in turn."""
+    host, port = url.removeprefix("http://").split(":")
+    socks = [socket.create_connection((host, int(port)), timeout=30) for _ in range(connections)]
+    head = (f"POST /v1/rank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(BODY)}\r\n\r\n").encode()  # fmt: skip
+    versions = []
+    try:
+        for _ in range(requests_each):
+            for s in socks:
+                s.sendall(head + BODY.encode())
+            for s in socks:
+                versions.append(read_answer(s)["version"])
+    finally:
+        for s in socks:
+            s.close()
+    return versions
+
+
+def read_answer(s: socket.socket) -> dict:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    while len(body) < length:
+        body += s.recv(65536)
+    return json.loads(body)
+
+
+@pytest.mark.slow
+def test_two_workers_share_connections_routing_and_metrics(repo, redis_prefix, tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"left by an earlier run")
+    env = {"RANKER_WORKERS": "2", "RANKER_REDIS_URL": REDIS_URL, "RANKER_REDIS_PREFIX": redis_prefix,
+           "RANKER_ADMIN_TOKEN": TOKEN, "RANKER_WATCH": "explicit", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}  # fmt: skip
+    with served_process(repo, env, log_path=tmp_path / "serve.log") as server:
+        url = server.url
+        assert not (metrics_dir / "counter_1.db").exists()  # stale files would be summed in
+        wait_until(lambda: len(ranked_by_worker(metrics_dir)) == 2, 60, "both workers' metric files")
+
+        # A client's few keep-alive connections, opened together, land on both workers.
+        assert set(send_over(4, 5, url)) == {2}
+        answered = ranked_by_worker(metrics_dir)
+        assert sorted(answered.values()) == [10, 10], answered
+
+        # Any worker's scrape shows the sum over both.
+        assert {rank_total(url) for _ in range(6)} == {20.0}
+
+        # An admin change answered by one worker routes every worker's requests.
+        assert httpx.post(f"{url}/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
+        wait_until(lambda: httpx.post(f"{url}/v1/admin/models/ple/activate", json={"version": 1}, headers=AUTH)
+                   .status_code == 200, 30, "activate on a worker that has loaded version 1")  # fmt: skip
+        wait_until(lambda: set(send_over(4, 1, url)) == {1}, 5, "every worker routing to version 1")
+        assert min(ranked_by_worker(metrics_dir).values()) > 10  # both workers answered on version 1
+
+        # A worker that dies is replaced; the service keeps answering and its counts stay in the sum.
+        victim = max(ranked_by_worker(metrics_dir))
+        before = rank_total(url)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(set(ranked_by_worker(metrics_dir)) - {victim}) == 2, 60, "a new worker")
+        assert send_over(2, 3, url) and rank_total(url) >= before + 6
+    assert "exited with -9; starting another" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_stops_the_service(repo, redis_prefix, tmp_path):
+    env = {**os.environ, "RANKER_WORKERS": "2", "RANKER_REDIS_URL": REDIS_URL, "RANKER_REDIS_PREFIX": redis_prefix,
+           "RANKER_DEVICE": "cuda", "RANKER_FEATURES_DIR": "", "TMPDIR": str(tmp_path)}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "service.cli", "--models", str(repo), "--port", "0"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "could not start" in done.stderr and "cuda" in done.stderr.lower()
+    assert not list(tmp_path.glob("ranker-metrics-*"))  # its temporary metrics folder is removed
