@@ -4,10 +4,14 @@ Servers, each serving the newest version of the model (same weights, same featur
 scoring formula, same JSON request):
   ple-ranker      `ranker-serve`: one uvicorn process, ONNX Runtime (its default threads)
   ple-ranker-1t   the same with RANKER_INTRA_OP_THREADS=1 (one ORT thread per concurrent request)
-  ple-ranker-2w   `ranker-serve` with RANKER_WORKERS=2: two worker processes on one socket, one ORT
-                  thread each, routing in Redis (--redis-url, a key prefix of the run's own, deleted
+  ple-ranker-2w   `ranker-serve` with RANKER_WORKERS=2: two worker processes on one socket, each
+                  with ple-ranker's thread settings (ple-ranker-2w-1t: one ORT thread each),
+                  routing in Redis (--redis-url, a key prefix of the run's own, deleted
                   after), the feature tables in process like every other server here
                   (RANKER_FEATURE_STORE=embedded)
+  ple-ranker-int8, ple-ranker-2w-int8
+                  the same two serving the int8 version `ranker-quantize` made of the model
+                  (--int8-models: a repository whose newest version of the model is that)
   fastapi-ort     bench/peers/fastapi_ort.py: FastAPI + ONNX Runtime, uvicorn --workers 2, 1 ORT
                   thread per worker: the same RankingCore and model.onnx, the plain two-process server
   fastapi-torch   bench/peers/fastapi_torch.py: FastAPI + PyTorch eager, uvicorn --workers 2,
@@ -53,8 +57,8 @@ SIZES = (100, 500, 1000)
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
 WARMUP_S = 2.0  # each load run's unmeasured start
-ALL = ("ple-ranker", "ple-ranker-wide", "ple-ranker-1t", "ple-ranker-2w", "fastapi-ort", "fastapi-torch", "bentoml",
-       "torchserve")  # fmt: skip
+ALL = ("ple-ranker", "ple-ranker-wide", "ple-ranker-1t", "ple-ranker-2w", "ple-ranker-2w-1t", "fastapi-ort",
+       "fastapi-torch", "bentoml", "torchserve", "ple-ranker-int8", "ple-ranker-2w-int8")  # fmt: skip
 
 SETTINGS = {
     "ple-ranker": "ranker-serve: 1 uvicorn process (the service's design: one worker per container), "
@@ -63,8 +67,12 @@ SETTINGS = {
     "ple-ranker-wide": "as ple-ranker with RANKER_ADAPTIVE_THREADS=false: every call on two ORT threads "
     "(the default before adaptive threads)",
     "ple-ranker-1t": "as ple-ranker with RANKER_INTRA_OP_THREADS=1: every call on one ORT thread",
-    "ple-ranker-2w": "ranker-serve with RANKER_WORKERS=2: two worker processes on one socket, one ORT thread each "
-    "(cores / workers), routing through the Redis control plane, feature tables in process (RANKER_FEATURE_STORE=embedded)",
+    "ple-ranker-2w": "ranker-serve with RANKER_WORKERS=2: two worker processes on one socket, each with ORT's default "
+    "threads and adaptive threads like ple-ranker, routing through the Redis control plane, feature tables in "
+    "process (RANKER_FEATURE_STORE=embedded)",
+    "ple-ranker-2w-1t": "as ple-ranker-2w with RANKER_INTRA_OP_THREADS=1: one ORT thread per worker",
+    "ple-ranker-int8": "as ple-ranker, serving the int8 version of the model (ranker-quantize, dynamic)",
+    "ple-ranker-2w-int8": "as ple-ranker-2w, serving the int8 version of the model (ranker-quantize, dynamic)",
     "fastapi-ort": "uvicorn --workers 2, FastAPI + ONNX Runtime intra_op_num_threads=1 per worker, the same "
     "RankingCore (feature tables in process) and model.onnx as ple-ranker, ORJSONResponse",
     "fastapi-torch": "uvicorn --workers 2 (one process per core), torch.set_num_threads(1) per worker, "
@@ -92,9 +100,11 @@ def launch(name: str, version: Path, models: Path, features: Path, port: int, lo
             env["RANKER_INTRA_OP_THREADS"] = "1"
         if name == "ple-ranker-wide":
             env["RANKER_ADAPTIVE_THREADS"] = "false"
-        if name == "ple-ranker-2w":
+        if name.startswith("ple-ranker-2w"):
             env.update(RANKER_WORKERS="2", RANKER_REDIS_URL=redis_url, RANKER_REDIS_PREFIX=f"bench-{port}:",
                        RANKER_FEATURE_STORE="embedded", RANKER_WATCH="explicit")  # fmt: skip
+            if name == "ple-ranker-2w-1t":
+                env["RANKER_INTRA_OP_THREADS"] = "1"
         cmd = [str(BIN / "ranker-serve"), "--models", str(models), "--port", str(port), "--log-level", "warning"]
         path = "/v1/rank"
     elif name == "fastapi-ort":
@@ -199,7 +209,8 @@ def start(name: str, args, version: Path, probe: bytes) -> tuple[subprocess.Pope
     log_path = CACHE / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:  # the child keeps its own handle
-        proc, url = launch(name, version, args.models, args.features, free_port(), log, args.redis_url)
+        models = args.int8_models if name.endswith("-int8") else args.models
+        proc, url = launch(name, version, models, args.features, free_port(), log, args.redis_url)
     try:
         return proc, url, wait_ready(url, probe, proc)
     except Exception:
@@ -322,6 +333,8 @@ def main() -> None:
     p.add_argument("--connections", default="4,16", help="closed-loop connection counts; the best is saturation")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--out", default="compare_servers", help="result file name under bench/results/")
+    p.add_argument("--int8-models", type=Path, help="for the -int8 servers: a model repository whose newest "
+                   "version of --name is the int8 one ranker-quantize made of the version the others serve")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15", help="Redis for ple-ranker-2w's control "
                    "plane (its keys are deleted after the run)")
     args = p.parse_args()
@@ -347,7 +360,10 @@ def main() -> None:
     results, skipped, running, reference = {}, {}, {}, None
     try:
         for name in args.servers.split(","):
-            if why := available(name):
+            why = available(name)
+            if name.endswith("-int8") and not args.int8_models:
+                why = "no --int8-models given"
+            if why:
                 skipped[name] = why
                 print(f"skipping {name}: {why}")
                 continue
@@ -395,6 +411,12 @@ def main() -> None:
     if rows:
         print_table(["cands", "server", "req/s", "ours/peer", "CPU ms/req", "p50 ms @½", "p95 ms @½", "p99 ms @½"], rows)
     ratios = throughput_ratios(results)
+    # The issue-20 targets: req/s as a share of the float engine alone on the same cores.
+    of_engine = {name: {n: r[n]["saturation"]["throughput_rps"] / ceilings[n]["onnxruntime"]
+                        for n in map(str, bodies)}
+                 for name, r in results.items() if name.startswith("ple-ranker") and not name.endswith("-int8")}  # fmt: skip
+    for name, by_size in of_engine.items():
+        print(f"{name} / ORT alone: " + ", ".join(f"{n}: {r:.0%}" for n, r in by_size.items()))
     for ours, by_peer in ratios.items():
         for peer, by_size in by_peer.items():
             print(f"{ours} / {peer} throughput: " + ", ".join(f"{n}: {r:.2f}x" for n, r in by_size.items()))
@@ -403,7 +425,7 @@ def main() -> None:
         "load_average_1_5_15": {"before": load_before, "after": load_after},
         "client": "bench/loadgen.py (separate process, asyncio raw HTTP/1.1 keep-alive, loopback)",
         "seconds_per_run": args.seconds, "connections": args.connections,
-        "throughput_ratios": ratios, "engines_alone_runs_per_s": ceilings, "servers": results, "skipped": skipped,
+        "throughput_ratios": ratios, "share_of_engine_alone": of_engine, "engines_alone_runs_per_s": ceilings, "servers": results, "skipped": skipped,
     })  # fmt: skip
     print(f"\nwrote {path}")
 

@@ -37,6 +37,29 @@ def test_torch_peer_ranks_like_the_service(trained, tmp_path):
         assert abs(a["score"] - b["score"]) <= 1e-5 * b["score"]
 
 
+def test_the_fastapi_ort_peer_answers_like_the_service(trained, monkeypatch):
+    """compare_servers' plain two-process server runs the same model and features: its answer over
+    HTTP (its own app, its pydantic models) ranks as ours does."""
+    import importlib
+    import sys
+
+    monkeypatch.setenv("PEER_MODEL", str(trained.version_dir))
+    monkeypatch.setenv("PEER_FEATURES", str(trained.features_dir))
+    sys.modules.pop("bench.peers.fastapi_ort", None)
+    peer_app = importlib.import_module("bench.peers.fastapi_ort").app
+    ids = [str(i) for i in trained.log.videos.index[:40]]
+    request = {"user": {"id": str(trained.log.users.index[1])}, "candidates": [{"id": i} for i in ids], "top_k": 10}
+    with TestClient(peer_app) as client:
+        peer = client.post("/v1/rank", json=request).json()["items"]
+        assert client.post("/v1/rank", json={"user": {}}).status_code == 422
+    settings = Settings(models_dir=trained.models_dir, features_dir=trained.features_dir, watch="off")
+    with TestClient(create_app(settings)) as client:
+        ours = client.post("/v1/rank", json=request).json()["items"]
+    assert [i["id"] for i in peer] == [i["id"] for i in ours] and len(ours) == 10
+    for a, b in zip(peer, ours):
+        assert abs(a["score"] - b["score"]) <= 1e-5 * b["score"]
+
+
 def test_server_cpu_counts_workers_in_their_own_session():
     """compare_servers' CPU per request must see a server's worker processes, even ones that start
     a session of their own (BentoML's did, and the first run read 0 CPU for it)."""

@@ -28,7 +28,7 @@ from service.control import InProcessControl
 from service.metrics import Metrics
 from service.registry import Registry
 from service.settings import Settings
-from tests.conftest import free_port, need_tool, ranker_variables, wait_until
+from tests.conftest import REDIS_URL, free_port, need_tool, ranker_variables, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -272,12 +272,18 @@ def test_every_ranker_variable_in_the_manifests_is_a_setting(rendered):
 
 def test_the_process_count_is_one_setting(rendered):
     assert Settings.model_fields["workers"].default == 1
-    for docs in rendered.values():
+    workers = {}
+    for overlay, docs in rendered.items():
         ranker = container(ranker_pod(docs)["spec"], "ranker")
-        assert config_map_of(docs, ranker)["RANKER_WORKERS"] == "1"
+        config = config_map_of(docs, ranker)
+        workers[overlay] = int(config["RANKER_WORKERS"])
         assert ranker.get("command") is None and ranker.get("args") is None  # the image's CMD: ranker-serve
-    with pytest.raises(ValueError):
-        Settings(workers=2)  # not yet: models, routing and metrics live in one process
+        if workers[overlay] > 1:  # replicas of each other: routing through Redis, a watcher each
+            assert config["RANKER_REDIS_URL"] and config["RANKER_WATCH"] != "off"
+            cores = ranker["resources"]["limits"]["cpu"]
+            assert int(cores) >= workers[overlay], overlay  # at least a core per worker
+    # CPU pods: a worker per core; GPU pods: one process (each worker would copy every version to the GPU).
+    assert workers == {"cpu": 2, "gpu": 1, "gpu-monitoring": 1}
 
 
 def test_the_images_and_the_user_match_the_dockerfile(rendered):
@@ -582,10 +588,11 @@ def descendant(pid: int, name: str) -> int:
     raise AssertionError(f"no process {name} below {pid}")
 
 
-def test_the_service_serves_and_drains_on_a_read_only_root(rendered, trained, tmp_path):
-    """ranker-serve with the cpu overlay's settings, in a sandbox whose root is read-only with a
-    fresh /tmp (the pod's emptyDir) and the models mounted read-only, as uid and gid 10001. The
-    sandbox's user is mapped to ours outside, so it checks the filesystem, not the permissions."""
+def test_the_service_serves_and_drains_on_a_read_only_root(rendered, trained, tmp_path, redis_prefix):
+    """ranker-serve with the cpu overlay's settings (two worker processes, whose metric files go to
+    /tmp), in a sandbox whose root is read-only with a fresh /tmp (the pod's emptyDir) and the
+    models mounted read-only, as uid and gid 10001. The sandbox's user is mapped to ours outside,
+    so it checks the filesystem, not the permissions."""
     bwrap = need_tool("bwrap", "bubblewrap")
     docs = rendered["cpu"]
     ranker = container(ranker_pod(docs)["spec"], "ranker")
@@ -597,7 +604,7 @@ def test_the_service_serves_and_drains_on_a_read_only_root(rendered, trained, tm
         "RANKER_INTRA_OP_THREADS": ranker["resources"]["limits"]["cpu"],  # what the downward API gives
         "RANKER_HOST": "127.0.0.1",  # loopback only in tests; the pod listens on 0.0.0.0
         "RANKER_PORT": str(port),
-        "RANKER_REDIS_URL": "",  # no cluster Redis here: the embedded store
+        "RANKER_REDIS_URL": REDIS_URL, "RANKER_REDIS_PREFIX": redis_prefix,  # the machine's Redis for the cluster's
         "RANKER_MODELS_DIR": "/tmp/models",  # /models cannot be created on the read-only root
     })  # fmt: skip
     _, uid, gid = dockerfile_user()
