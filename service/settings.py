@@ -40,10 +40,10 @@ class Settings(BaseSettings):
     default_model: str | None = None  # model used when a request names none (default: "ple", else the first)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Serving processes per container (or pod). With 1, everything lives in one process and Redis is
-    # optional. With N > 1, ranker-serve starts N uvicorn workers on one socket, each a replica of
+    # optional. With N > 1, ranker-serve starts N worker processes on one socket, each a replica of
     # the others: routing goes through the Redis control plane (so redis_url is required), every
     # worker's watcher loads new folders itself (so watch cannot be off), and the metrics are summed
-    # over the workers (prometheus-client's multiprocess mode). docs/performance.md, "Processes".
+    # over the workers (prometheus-client's multiprocess mode). docs/performance.md, "Worker processes".
     workers: int = Field(1, ge=1, le=64)
 
     # ONNX Runtime threads for a lone call: 0 lets ORT pick (one per physical core).
