@@ -126,6 +126,7 @@ class RoutingState:
 
 
 OnChange = Callable[[str], None]  # called with a model name whose state may have changed
+OnUnload = Callable[[str, int], None]  # called with a model version another replica unloaded
 
 
 class RollbackRefused(Exception):
@@ -148,7 +149,11 @@ class ControlPlane(Protocol):
 
     def rollback(self, name: str, check: Check) -> RoutingState | None: ...
 
-    def start(self, on_change: OnChange, models: Callable[[], list[str]]) -> None: ...
+    def announce_unload(self, name: str, version: int) -> None: ...
+
+    def start(
+        self, on_change: OnChange, models: Callable[[], list[str]], on_unload: OnUnload | None = None
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -184,7 +189,10 @@ class InProcessControl:
             self._state[name] = history.pop(0)
             return self._state[name]
 
-    def start(self, on_change: OnChange, models: Callable[[], list[str]]) -> None:
+    def announce_unload(self, name: str, version: int) -> None:
+        pass  # one process: nobody else holds a copy
+
+    def start(self, on_change: OnChange, models: Callable[[], list[str]], on_unload: OnUnload | None = None) -> None:
         pass  # one process: the registry applies its own writes
 
     def close(self) -> None:
@@ -201,6 +209,7 @@ class RedisControl:
         self.on_problem = on_problem  # counts garbage seen: "corrupt_state", "corrupt_history", "bad_message", ...
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_unload: OnUnload | None = None
 
     def _key(self, name: str, part: str) -> str:
         return f"{self.prefix}model:{name}:{part}"
@@ -307,7 +316,16 @@ class RedisControl:
 
     # ---- listening ----
 
-    def start(self, on_change: OnChange, models: Callable[[], list[str]]) -> None:
+    def announce_unload(self, name: str, version: int) -> None:
+        """Tell the other replicas (and worker processes) to drop their copy of a version that
+        takes no traffic: {"model": name, "unload": version} on the channel."""
+        try:
+            self.client.publish(self.channel, orjson.dumps({"model": name, "unload": version}))
+        except redis.RedisError as exc:
+            raise ControlUnavailable(str(exc)) from exc
+
+    def start(self, on_change: OnChange, models: Callable[[], list[str]], on_unload: OnUnload | None = None) -> None:
+        self._on_unload = on_unload
         self._thread = threading.Thread(target=self._listen, args=(on_change, models), name="control", daemon=True)
         self._thread.start()
 
@@ -348,12 +366,16 @@ class RedisControl:
                     pass
 
     def _announced(self, on_change: OnChange, data: object) -> None:
-        name = _announced_model(data)
+        name, unload = _announced_model(data)
         if name is None:
             log.warning("control channel: ignored a message that names no model: %.80r", data)
             self.on_problem("bad_message")
             return
-        _safely(on_change, name)
+        on_unload = self._on_unload
+        if unload is None:
+            _safely(on_change, name)
+        elif on_unload is not None:
+            _safely(lambda model: on_unload(model, unload), name)
 
     def _resync(self, on_change: OnChange, models: Callable[[], list[str]]) -> None:
         for name in models():
@@ -375,14 +397,22 @@ def _parse(active: bytes | None, split: bytes | None) -> RoutingState | None:
     return RoutingState(version, _split(version, weights))
 
 
-def _announced_model(data: object) -> str | None:
-    """The model named by a message on the channel ({"model": name}), None for anything else."""
+def _announced_model(data: object) -> tuple[str | None, int | None]:
+    """The model named by a message on the channel ({"model": name}, or {"model": name, "unload":
+    version}) and the version to unload; (None, None) for anything else."""
     try:
         message = orjson.loads(data)  # type: ignore[arg-type]
     except (orjson.JSONDecodeError, TypeError):
-        return None
+        return None, None
     name = message.get("model") if isinstance(message, dict) else None
-    return name if isinstance(name, str) else None
+    if not isinstance(name, str):
+        return None, None
+    if "unload" not in message:
+        return name, None
+    try:
+        return name, _version(message["unload"])
+    except ControlCorrupt:
+        return None, None
 
 
 def _safely(on_change: OnChange, name: str) -> None:

@@ -54,7 +54,7 @@ class Registry:
     def start(self) -> None:
         for name in self.model_names():
             self._start_model(name)
-        self.control.start(self.sync_from_control, self.model_names)
+        self.control.start(self.sync_from_control, self.model_names, self.drop_unloaded_elsewhere)
         if self.settings.watch != "off":
             self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
             self._watcher.start()
@@ -317,12 +317,32 @@ class Registry:
             routing = self._routing.get(name)
             if routing is not None and version in routing.state.weights():
                 raise Conflict("version_serving", f"{name}/{version} receives traffic; route it away first", "version")
-            entry = self._entries[name].pop(version)  # in-flight requests keep their own reference
-            if entry.handle is not None:
-                self.metrics.forget_version(entry.handle)
-            del entry
-            release_memory()
+            self._drop(name, version)
             log.info("model %s/%s unloaded", name, version)
+        try:  # the other replicas and worker processes drop their copies too
+            self.control.announce_unload(name, version)
+        except ControlUnavailable as exc:
+            log.warning("model %s/%s unloaded here; the other replicas keep their copy (%s)", name, version, exc)
+
+    def drop_unloaded_elsewhere(self, name: str, version: int) -> None:
+        """Another replica unloaded `version`: drop this replica's copy too, unless it routes here."""
+        with self._locks[name]:
+            self._seen[name].add(version)  # the watcher must not load it again from its folder
+            routing = self._routing.get(name)
+            if version not in self._entries.get(name, {}):
+                return
+            if routing is not None and version in routing.state.weights():
+                log.warning("model %s/%s: another replica unloaded it, but it takes traffic here; kept", name, version)
+                return
+            self._drop(name, version)
+            log.info("model %s/%s unloaded (announced by another replica)", name, version)
+
+    def _drop(self, name: str, version: int) -> None:
+        entry = self._entries[name].pop(version)  # in-flight requests keep their own reference
+        if entry.handle is not None:
+            self.metrics.forget_version(entry.handle)
+        del entry
+        release_memory()
 
     # ---- the request path ----
 

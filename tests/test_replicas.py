@@ -60,6 +60,32 @@ def test_replicas_agree_within_a_second(repo, redis_prefix):
     print(f"replica lag after activate: {lag * 1000:.0f} ms")
 
 
+def loaded(url):
+    return {m["version"] for m in httpx.get(f"{url}/v1/models", timeout=5).json()["models"]}
+
+
+@pytest.mark.slow
+def test_an_unload_reaches_every_replica(repo, redis_prefix):
+    """Worker processes share one port, so an admin cannot aim an unload at each: the replica
+    that answers it announces it, and the others drop their copy (not one that serves there)."""
+    env = {"RANKER_REDIS_URL": REDIS_URL, "RANKER_REDIS_PREFIX": redis_prefix, "RANKER_ADMIN_TOKEN": TOKEN,
+           "RANKER_WATCH": "off"}  # fmt: skip
+    with serve_process(repo, env) as a, serve_process(repo, env) as b:
+        for url in (a, b):
+            assert httpx.post(f"{url}/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
+        assert loaded(a) == loaded(b) == {1, 2}
+        assert httpx.delete(f"{a}/v1/admin/models/ple/versions/1", headers=AUTH).status_code == 200
+        assert loaded(a) == {2}
+        wait_for(lambda: loaded(b) == {2}, timeout=2.0)
+        # An announcement naming a version that serves is ignored (channel order: 2, then 1).
+        assert httpx.post(f"{b}/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
+        channel = redis.Redis.from_url(REDIS_URL)
+        channel.publish(f"{redis_prefix}events", b'{"model": "ple", "unload": 2}')
+        channel.publish(f"{redis_prefix}events", b'{"model": "ple", "unload": 1}')
+        wait_for(lambda: loaded(b) == {2}, timeout=2.0)
+        assert httpx.post(f"{b}/v1/rank", json=REQUEST).json()["version"] == 2
+
+
 @pytest.mark.slow
 def test_redis_outage_degrades_requests_and_recovers_without_restart(repo, own_redis):
     RedisStore(redis_client(own_redis.url, 1.0)).put("item", [("v1", {"category": "music", "video_len": 30.0})])
