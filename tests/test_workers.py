@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -65,7 +66,8 @@ def ranked_by_worker(folder: Path) -> dict[int, int]:
 def rank_total(url: str) -> float:
     """The /v1/rank requests answered 200 according to one scrape (a new connection: any worker)."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    found = re.search(r'ranker_request_duration_seconds_count\{method="POST",route="/v1/rank",status="200"\} (\S+)', text)
+    series = r'ranker_request_duration_seconds_count\{method="POST",route="/v1/rank",status="200"\}'
+    found = re.search(series + r" (\S+)", text)
     return float(found.group(1)) if found else 0.0
 
 
@@ -106,16 +108,21 @@ def test_two_workers_share_connections_routing_and_metrics(repo, redis_prefix, t
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"left by an earlier run")
     env = {"RANKER_WORKERS": "2", "RANKER_REDIS_URL": REDIS_URL, "RANKER_REDIS_PREFIX": redis_prefix,
-           "RANKER_ADMIN_TOKEN": TOKEN, "RANKER_WATCH": "explicit", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}  # fmt: skip
+           "RANKER_ADMIN_TOKEN": TOKEN, "RANKER_WATCH": "explicit",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}  # fmt: skip
     with served_process(repo, env, log_path=tmp_path / "serve.log") as server:
         url = server.url
         assert not (metrics_dir / "counter_1.db").exists()  # stale files would be summed in
-        wait_until(lambda: len(ranked_by_worker(metrics_dir)) == 2, 60, "both workers' metric files")
+        log = tmp_path / "serve.log"
+        wait_until(lambda: log.read_text().count("Application startup complete") == 2, 120, "both workers started")
+        time.sleep(0.5)  # each starts accepting one event-loop step after saying so
+        assert len(ranked_by_worker(metrics_dir)) == 2
 
-        # A client's few keep-alive connections, opened together, land on both workers.
+        # A client's few keep-alive connections, opened together, land on both workers (2 each when
+        # the machine is quiet; a worker the scheduler delays past the other's wait can miss one).
         assert set(send_over(4, 5, url)) == {2}
         answered = ranked_by_worker(metrics_dir)
-        assert sorted(answered.values()) == [10, 10], answered
+        assert sum(answered.values()) == 20 and min(answered.values()) >= 5, answered
 
         # Any worker's scrape shows the sum over both.
         assert {rank_total(url) for _ in range(6)} == {20.0}
@@ -125,7 +132,8 @@ def test_two_workers_share_connections_routing_and_metrics(repo, redis_prefix, t
         wait_until(lambda: httpx.post(f"{url}/v1/admin/models/ple/activate", json={"version": 1}, headers=AUTH)
                    .status_code == 200, 30, "activate on a worker that has loaded version 1")  # fmt: skip
         wait_until(lambda: set(send_over(4, 1, url)) == {1}, 5, "every worker routing to version 1")
-        assert min(ranked_by_worker(metrics_dir).values()) > 10  # both workers answered on version 1
+        after = ranked_by_worker(metrics_dir)
+        assert all(after[pid] > answered[pid] for pid in answered), (answered, after)  # both, on version 1
 
         # A worker that dies is replaced; the service keeps answering and its counts stay in the sum.
         victim = max(ranked_by_worker(metrics_dir))

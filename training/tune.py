@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,7 @@ def network_objective(cfg0: RunConfig, dataset):
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # several may share a study
 
         def report(epoch: int, row: dict) -> None:
+            stop_if_interrupted()
             trial.report(row["val_normalized_loss"], epoch)
             if trial.should_prune():
                 raise Pruned
@@ -119,6 +122,24 @@ def network_objective(cfg0: RunConfig, dataset):
     return objective
 
 
+# Ctrl-C asks the study to stop; the KeyboardInterrupt is raised at the next epoch or trial end, in
+# plain code. Raised by the signal handler itself it could land inside a finaliser (a tensor's, a
+# database connection's), where Python prints and drops it, and the study ran on (seen in CI).
+INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt  # a second Ctrl-C: now
+    INTERRUPTED.set()
+
+
+def stop_if_interrupted(*_) -> None:
+    """Raise KeyboardInterrupt once Ctrl-C was pressed (an epoch hook and an Optuna callback)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 def run_study(name: str, storage: str, objective, trials: int, seed: int, progress: bool) -> optuna.Study:
     """Optimise until the study holds `trials` finished trials (counting earlier runs and other workers)."""
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True,
@@ -127,7 +148,8 @@ def run_study(name: str, storage: str, objective, trials: int, seed: int, progre
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done < trials:
         study.optimize(objective, n_trials=trials - done, show_progress_bar=progress,
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED)])  # fmt: skip
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED),
+                                  stop_if_interrupted])  # fmt: skip
     return study
 
 
@@ -159,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ranker-tune: cannot load --data {cfg0.run.data}: {exc}", file=sys.stderr)
         return 2
     progress = not args.no_progress
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         if args.model in BASELINES:
             from training.baselines import tune_baseline
