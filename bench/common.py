@@ -159,7 +159,7 @@ def served(models: Path, env: dict | None = None, timeout: float = 60, log_path:
 
 def make_request(n: int, features_dir: Path) -> bytes:
     """A /v1/rank body: n candidates, the first ones known to the feature store, each with its video_len."""
-    from service.store import read_table
+    from service.features.store import read_table
 
     items = list(read_table(features_dir / "items.jsonl"))[:n] if (features_dir / "items.jsonl").exists() else []
     candidates = [{"id": row_id, "video_len": f.get("video_len", 30.0)} for row_id, f in items]

@@ -4,7 +4,7 @@ onnxruntime build has CUDA: plain run with padding, IO binding, IO binding + CUD
 
     python -m bench.engine_ladder [--models models] [--name ple] [--repeat 200]
 
-Runs service.engine.InferenceEngine exactly as the service builds it (buckets from the settings'
+Runs service.lifecycle.engine.InferenceEngine exactly as the service builds it (buckets from the settings'
 defaults), on random encoded rows of the model's own feature schema; prints a table and writes
 bench/results/engine_ladder_<cpu|cuda>.json. On a GPU machine, run it with a CUDA build of
 onnxruntime installed (onnxruntime-gpu, the `[gpu]` extra; docs/deployment.md): the ratio "CUDA best / CPU plain" at 1,000
@@ -24,7 +24,7 @@ import numpy as np
 from bench.common import ROOT, newest_version, percentiles_ms, print_table, write_result
 from contract.features import FeatureTransform
 from contract.modelspec import ModelSpec
-from service.engine import CUDA, InferenceEngine
+from service.lifecycle.engine import CUDA, InferenceEngine
 from service.settings import Settings
 
 SIZES = [1, 100, 500, 1000, 4096]

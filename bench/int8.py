@@ -23,7 +23,7 @@ from bench.common import ROOT, alternated, percentiles_ms, print_table, write_re
 from bench.engine_ladder import random_inputs
 from contract.features import FeatureTransform
 from contract.modelspec import ModelSpec
-from service.engine import InferenceEngine
+from service.lifecycle.engine import InferenceEngine
 from service.settings import Settings
 
 SIZES = (100, 500, 1000)

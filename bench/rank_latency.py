@@ -23,20 +23,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from bench.common import (
-    ROOT,
-    alternated,
-    make_request,
-    model_parser,
-    newest_version,
-    percentiles_ms,
-    print_table,
-    served,
-    write_result,
-)
+from bench.common import (ROOT, alternated, make_request, model_parser, newest_version, percentiles_ms, print_table,
+                          served, write_result)
+from service.api.jsonbody import loads
 from service.app import create_app
-from service.candidates import Candidates
-from service.jsonbody import loads
+from service.ranking.candidates import Candidates
 from service.schemas import RankRequest
 from service.settings import Settings
 

@@ -15,19 +15,11 @@ from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.common import (
-    ROOT,
-    alternated,
-    make_request,
-    model_parser,
-    newest_version,
-    percentiles_ms,
-    print_table,
-    write_result,
-)
+from bench.common import (ROOT, alternated, make_request, model_parser, newest_version, percentiles_ms, print_table,
+                          write_result)
 from service.app import create_app
+from service.observability.tracing import Tracing
 from service.settings import Settings
-from service.tracing import Tracing
 
 SIZES = (100, 500)
 

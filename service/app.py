@@ -8,19 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from service.control import ControlPlane, InProcessControl, RedisControl
-from service.engine import choose_providers
-from service.errors import InternalErrorMiddleware, install_error_handlers
-from service.featurelog import FeatureLog
-from service.limits import BodyLimitMiddleware
-from service.livestats import LiveStats
-from service.metrics import Metrics, RequestMetricsMiddleware
-from service.ranking import Ranker
-from service.registry import Registry
-from service.routes import admin, dashboard, health, kserve, metrics, models, rank
+from service.api.errors import InternalErrorMiddleware, install_error_handlers
+from service.api.limits import BodyLimitMiddleware
+from service.api.routes import admin, dashboard, health, kserve, metrics, models, rank
+from service.features.featurelog import FeatureLog
+from service.features.store import FeatureStore, InProcessStore, RedisStore, load_tables, redis_client
+from service.lifecycle.control import ControlPlane, InProcessControl, RedisControl
+from service.lifecycle.engine import choose_providers
+from service.lifecycle.registry import Registry
+from service.observability.livestats import LiveStats
+from service.observability.metrics import Metrics, RequestMetricsMiddleware
+from service.observability.tracing import Tracing, from_environment
+from service.ranking.ranker import Ranker
 from service.settings import Settings
-from service.store import FeatureStore, InProcessStore, RedisStore, load_tables, redis_client
-from service.tracing import Tracing, from_environment
 
 log = logging.getLogger("ranker")
 
@@ -45,7 +45,7 @@ def build_backends(settings: Settings, metrics: Metrics) -> tuple[FeatureStore, 
 
 def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
     """The service. `tracing`: where /v1/rank's spans go; by default OTLP when the OTEL_EXPORTER_OTLP_*
-    variables name an endpoint, else none (service.tracing)."""
+    variables name an endpoint, else none (service.observability.tracing)."""
     settings = settings or Settings()
     metrics_ = Metrics()
     tracing = tracing if tracing is not None else from_environment()
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         description="Ranks candidate videos for one user with a multi-task (PLE) model on ONNX Runtime.",
         lifespan=lifespan,
         # One path per route: POST /v1/rank/ is a 404 in the error shape naming /v1/rank, not a 307
-        # with an empty body that clients do not follow (service.errors).
+        # with an empty body that clients do not follow (service.api.errors).
         redirect_slashes=False,
     )
     app.state.settings = settings

@@ -13,8 +13,8 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from service import logsafe
 from service.app import create_app
+from service.observability import logsafe
 from service.settings import Settings
 from service.workers import Supervisor
 

@@ -2,7 +2,7 @@
 stable code for clients, a message for people and the request field at fault.
 
 The model lifecycle (registry), the ranking path (ranking, candidates) and the KServe shim raise
-these; service.errors maps each kind to its HTTP status, in one table beside the error shape.
+these; service.api.errors maps each kind to its HTTP status, in one table beside the error shape.
 """
 
 from __future__ import annotations

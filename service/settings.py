@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     redis_prefix: str = "ranker:"
     redis_timeout_ms: float = Field(20.0, gt=0)  # a feature fetch gives up after this; the request degrades
     control_resync_s: float = Field(5.0, gt=0)  # replicas re-read the control keys at least this often
-    # Serving-time feature log (service.featurelog): the share of /v1/rank requests whose features,
+    # Serving-time feature log (service.features.featurelog): the share of /v1/rank requests whose features,
     # outputs and order go to the Redis Stream <prefix>log:impressions (0: none). Needs redis_url.
     log_sample: float = Field(0.0, ge=0, le=1)
     log_stream_maxlen: int = Field(1_000_000, ge=1)  # the stream is capped near this many records

@@ -5,7 +5,7 @@ process keeps one core busy with Python however many threads it has; N processes
 Each worker is a whole app, a replica of the others: it loads every model itself, follows the Redis
 control plane for routing (so an admin call answered by any worker reaches all of them), runs its
 own watcher, and writes its metrics to PROMETHEUS_MULTIPROC_DIR, where every worker's /metrics
-sums them (service.metrics).
+sums them (service.observability.metrics).
 
 The supervisor binds the socket once, starts the workers (spawned, so each imports the service
 afresh), starts a new one when one dies, and stops them all on SIGTERM or SIGINT (each drains its

@@ -264,7 +264,7 @@ def test_the_openapi_examples_are_valid_requests(client):
     ],
 )
 def test_error_fields_name_the_path_as_a_client_would_write_it(loc, field):
-    from service.errors import field_path
+    from service.api.errors import field_path
 
     assert field_path(loc) == field
 

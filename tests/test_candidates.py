@@ -1,4 +1,4 @@
-"""service.candidates: the column-wise reading keeps the per-candidate rules, errors and fields."""
+"""service.ranking.candidates: the column-wise reading keeps the per-candidate rules, errors and fields."""
 
 import math
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.errors import status_of
 from service.app import create_app
-from service.candidates import EMPTY, Candidates
-from service.errors import status_of
 from service.problems import Problem
+from service.ranking.candidates import EMPTY, Candidates
 from service.settings import Settings
 
 

@@ -12,7 +12,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.control import RedisControl, RoutingState
+from service.lifecycle.control import RedisControl, RoutingState
 from service.settings import Settings
 from tests.conftest import REDIS_URL, wait_until
 

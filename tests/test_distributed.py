@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from contract.modelspec import ModelSpec, TaskSpec
-from service.registry import load_version
+from service.lifecycle.registry import load_version
 from service.settings import Settings
 from tests.conftest import BIN, stream_args
 from training import cli

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from service.errors import STATUS
-from service.metrics import Metrics
+from service.api.errors import STATUS
+from service.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -44,10 +44,10 @@ def test_every_error_code_the_service_raises_is_in_the_api_reference_with_its_st
         text = path.read_text()
         raised |= set(re.findall(r"ApiError\(\s*(\d{3}),\s*\"([a-z_]+)\"", text))
         raised |= set(re.findall(r"error_response\(\s*(\d{3}),\s*\"([a-z_]+)\"", text))
-        # domain problems (service.problems), at the status service.errors gives their kind
+        # domain problems (service.problems), at the status service.api.errors gives their kind
         raised |= {(str(status), code) for kind, status in STATUS.items()
                    for code in re.findall(rf"\b{kind.__name__}\(\s*\"([a-z_]+)\"", text)}  # fmt: skip
-    raised |= {("400", "invalid_json"), ("404", "not_found"), ("405", "method_not_allowed")}  # service/errors.py's map
+    raised |= {("400", "invalid_json"), ("404", "not_found"), ("405", "method_not_allowed")}  # service/api/errors.py's map
     assert len(raised) > 30
     documented = set()
     for row in table_rows((DOCS / "api.md").read_text()):

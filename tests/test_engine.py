@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.engine import CPU, CUDA, DeviceUnavailable, InferenceEngine, choose_providers, usable_cores
+from service.lifecycle.engine import CPU, CUDA, DeviceUnavailable, InferenceEngine, choose_providers, usable_cores
 from service.settings import Settings
 from tests.conftest import BIN
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from contract.features import FeatureTransform
 from service.app import create_app
-from service.featurelog import STREAM
+from service.features.featurelog import STREAM
 from service.settings import Settings
 from tests.conftest import REDIS_URL, wait_until
 

@@ -7,10 +7,10 @@ import pytest
 
 from contract.features import MISSING_ID, FeatureTransform, FeatureValueError, fit_dense, stable_hash
 from contract.modelspec import FeatureSpec
-from service.candidates import Candidates
-from service.ranking import Ranker
+from service.features.store import InProcessStore
+from service.ranking.candidates import Candidates
+from service.ranking.ranker import Ranker
 from service.schemas import RankRequest
-from service.store import InProcessStore
 from training.data import videolog
 from training.train import encode, fit_features
 

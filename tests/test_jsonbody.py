@@ -1,11 +1,11 @@
-"""service.jsonbody.loads reads every body as json.loads does: same objects, or the same error."""
+"""service.api.jsonbody.loads reads every body as json.loads does: same objects, or the same error."""
 
 import json
 import random
 
 import pytest
 
-from service.jsonbody import loads
+from service.api.jsonbody import loads
 
 SAME = [
     b'{"a": 1, "b": 2, "a": 3}',  # duplicate keys: the last wins, in the first one's place

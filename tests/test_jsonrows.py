@@ -1,9 +1,9 @@
-"""service.jsonrows writes the very bytes orjson writes for the equivalent list of dicts."""
+"""service.ranking.jsonrows writes the very bytes orjson writes for the equivalent list of dicts."""
 
 import numpy as np
 import orjson
 
-from service import jsonrows
+from service.ranking import jsonrows
 
 
 def as_dicts(shape: dict, n: int, values: dict) -> list[dict]:

@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 from starlette.routing import Match
 
 from service.app import create_app
-from service.control import InProcessControl
-from service.metrics import Metrics
-from service.registry import Registry
+from service.lifecycle.control import InProcessControl
+from service.lifecycle.registry import Registry
+from service.observability.metrics import Metrics
 from service.settings import Settings
 from tests.conftest import REDIS_URL, free_port, need_tool, ranker_variables, wait_until
 

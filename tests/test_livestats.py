@@ -1,12 +1,12 @@
-"""The dashboard's windowed numbers (service/livestats.py), without HTTP."""
+"""The dashboard's windowed numbers (service/observability/livestats.py), without HTTP."""
 
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from service.livestats import Histo, LiveStats, histogram_quantile, read_histogram
-from service.metrics import LATENCY_BUCKETS, Metrics
-from service.registry import load_version
+from service.lifecycle.registry import load_version
+from service.observability.livestats import Histo, LiveStats, histogram_quantile, read_histogram
+from service.observability.metrics import LATENCY_BUCKETS, Metrics
 from service.settings import Settings
 
 

@@ -8,7 +8,7 @@ from service.app import create_app
 from service.settings import Settings
 
 # The families the original contract's Monitoring section and issue 7 ask for, with their types (docs/monitoring.md
-# lists every family; tests/test_docs.py checks that list against service/metrics.py).
+# lists every family; tests/test_docs.py checks that list against service/observability/metrics.py).
 FAMILIES = {
     "ranker_request_duration_seconds": "histogram",
     "ranker_inference_duration_seconds": "histogram",

@@ -21,8 +21,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.livestats import histogram_quantile, read_histogram
-from service.metrics import Metrics
+from service.observability.livestats import histogram_quantile, read_histogram
+from service.observability.metrics import Metrics
 from tests.conftest import free_port, need_tool, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from service.logsafe import SafeFormatter, escape
+from service.observability.logsafe import SafeFormatter, escape
 from tests.conftest import served_process, wait_until
 
 REQUEST = b'{"user": {"id": "u1"}, "candidates": [{"id": "v1", "video_len": 30.0}]}'

@@ -10,7 +10,7 @@ import pytest
 
 from contract.features import FeatureTransform
 from contract.modelspec import ModelSpec
-from service.registry import load_version
+from service.lifecycle.registry import load_version
 from service.settings import Settings
 from training import cli, quantize
 from training.quantize import QuantizationRefused, losses_past_tolerance, quantize_version

@@ -6,7 +6,7 @@ import httpx
 import pytest
 import redis
 
-from service.store import RedisStore, redis_client
+from service.features.store import RedisStore, redis_client
 from tests.conftest import REDIS_URL, serve_process
 
 TOKEN = "replica-token"

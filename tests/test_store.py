@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.store import InProcessStore, RedisStore, load_tables, redis_client
+from service.features.store import InProcessStore, RedisStore, load_tables, redis_client
 from tests.conftest import REDIS_URL
 
 USERS = [("u1", {"age_bucket": "25-34", "user_watch_minutes": 12.5}), ("u2", {"device": "ios"})]
@@ -100,7 +100,7 @@ def test_slow_redis_times_out_at_the_configured_limit(own_redis):
 
 
 def test_the_loader_command_says_what_is_wrong_in_one_line(tmp_path, redis_prefix, capsys):
-    from service.loader import main
+    from service.features.loader import main
 
     def run(*args) -> tuple[int, str]:
         try:

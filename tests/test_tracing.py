@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from service import tracing
 from service.app import create_app
+from service.observability import tracing
 from service.settings import Settings
 from tests.conftest import free_port, serve_process
 

@@ -11,7 +11,7 @@ import torch
 
 from contract.features import FeatureTransform
 from contract.modelspec import ModelSpec
-from service.registry import load_version
+from service.lifecycle.registry import load_version
 from service.settings import Settings
 from training import cli
 from training import config as run_config

@@ -7,7 +7,7 @@ import torch
 
 from contract.features import DENSE_INPUT, SPARSE_INPUT, FeatureTransform, fit_dense
 from contract.modelspec import FeatureSpec, ModelSpec
-from service.registry import load_version
+from service.lifecycle.registry import load_version
 from service.settings import Settings
 from training.balancing import project_conflicts
 from training.data import videolog

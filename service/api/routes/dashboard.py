@@ -3,7 +3,7 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from service.deps import LiveStatsDep, RegistryDep
+from service.api.deps import LiveStatsDep, RegistryDep
 
 router = APIRouter(tags=["monitoring"])
 

@@ -5,11 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from contract.modelspec import NAME_PATTERN
-from service import kserve
-from service.deps import RegistryDep, SettingsDep
-from service.errors import ApiError
-from service.jsonbody import JSONRoute
-from service.responses import JSONBytes
+from service.api.deps import RegistryDep, SettingsDep
+from service.api.errors import ApiError
+from service.api.jsonbody import JSONRoute
+from service.api.responses import JSONBytes
+from service.ranking import kserve
 from service.schemas import error_responses
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"], responses=error_responses(400, 404, 408, 409, 413, 415, 422, 503),

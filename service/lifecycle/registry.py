@@ -4,7 +4,7 @@ admin operations that change it, and the watcher that loads new folders.
 Routing per model is an immutable `Routing` object replaced by one assignment, so a request that
 picked a version finishes on it, and the old session is freed when its last request lets go. A
 version that fails to load is marked failed with its reason and never touches what serves.
-Loading itself is service.repository's, bucket routing service.routing's. The class is ~500 lines
+Loading itself is service.lifecycle.repository's, bucket routing service.lifecycle.routing's. The class is ~500 lines
 because the admin operations, the control-plane sync and the watcher all change the same three
 pieces of state (entries, routing, pending) under one lock per model; splitting them would spread
 that locking over modules.
@@ -18,13 +18,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from service.control import (N_BUCKETS, ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused,
-                             RoutingState, bucket_counts)
-from service.metrics import Metrics
+from service.lifecycle.control import (N_BUCKETS, ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused,
+                                       RoutingState, bucket_counts)
+from service.lifecycle.repository import (LoadError, ModelVersion, Repository, VersionEntry, folder_signature,
+                                          load_version, release_memory)
+from service.lifecycle.routing import Routing, startup_order, user_bucket
+from service.observability.metrics import Metrics
 from service.problems import Conflict, InvalidInput, NotFound, Problem, Unavailable
-from service.repository import (LoadError, ModelVersion, Repository, VersionEntry, folder_signature, load_version,
-                                release_memory)
-from service.routing import Routing, startup_order, user_bucket
 from service.settings import Settings
 
 log = logging.getLogger("ranker.registry")

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.lifecycle.registry import ModelVersion
 from service.problems import InvalidInput, TooLarge
-from service.registry import ModelVersion
 
 DATATYPES = {"INT64": np.int64, "FP32": np.float32}
 ACCEPTED_KINDS = {"INT64": "iu", "FP32": "iuf"}  # numpy dtype kinds the JSON data may have

@@ -3,11 +3,11 @@ import time
 
 from fastapi import APIRouter, Request
 
-from service.deps import RankerDep
-from service.jsonbody import JSONRoute
-from service.responses import JSONBytes
+from service.api.deps import RankerDep
+from service.api.jsonbody import JSONRoute
+from service.api.responses import JSONBytes
+from service.observability.tracing import RECEIVED, record_rank
 from service.schemas import RankRequest, RankResponse, error_responses
-from service.tracing import RECEIVED, record_rank
 
 router = APIRouter(tags=["ranking"], route_class=JSONRoute)  # bodies read by orjson
 log = logging.getLogger("ranker")
@@ -20,7 +20,7 @@ def rank(body: RankRequest, ranker: RankerDep, request: Request) -> JSONBytes:
     """Score every candidate in one inference call and return them best first."""
     # A plain def: FastAPI runs it in the threadpool, so inference never blocks the event loop.
     stages: dict[str, float] = {}
-    # Client-chosen ids in a log line: service.logsafe escapes their control characters.
+    # Client-chosen ids in a log line: service.observability.logsafe escapes their control characters.
     log.debug("rank request_id=%s user=%s candidates=%d first=%s", body.request_id, body.user.id,
               len(body.candidates), body.candidates[0]["id"])  # fmt: skip
     served: dict = {}

@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import MetricsDep
+from service.api.deps import MetricsDep
 
 router = APIRouter(tags=["monitoring"])
 

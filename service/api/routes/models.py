@@ -3,8 +3,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from contract.modelspec import NAME_PATTERN
-from service.deps import RegistryDep
-from service.errors import ApiError
+from service.api.deps import RegistryDep
+from service.api.errors import ApiError
 from service.schemas import error_responses
 
 router = APIRouter(tags=["models"], responses=error_responses(404, 422))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from contract.features import FeatureTransform
 from contract.modelspec import NAME_PATTERN, ModelSpec, sha256_file
-from service.engine import InferenceEngine
-from service.metrics import Metrics
+from service.lifecycle.engine import InferenceEngine
+from service.observability.metrics import Metrics
 from service.problems import InvalidInput
 from service.settings import Settings
 

@@ -6,10 +6,10 @@ from typing import Annotated, Any, Callable, Coroutine
 from fastapi import APIRouter, Depends, Header, Path, Request, Response
 
 from contract.modelspec import NAME_PATTERN
-from service.control import RoutingState
-from service.deps import RegistryDep, SettingsDep
-from service.errors import ApiError
-from service.jsonbody import JSONRoute
+from service.api.deps import RegistryDep, SettingsDep
+from service.api.errors import ApiError
+from service.api.jsonbody import JSONRoute
+from service.lifecycle.control import RoutingState
 from service.schemas import ActivateRequest, RoutingResponse, SplitRequest, error_responses
 
 

@@ -25,7 +25,7 @@ import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from service.tracing import RECEIVED
+from service.observability.tracing import RECEIVED
 
 # Every digit becomes "0", every other byte a space: a run of 19 digits becomes a run of 19 "0"s,
 # found by a substring search (a regex for it takes ten times longer).
@@ -74,7 +74,7 @@ class JSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route_handler(request: Request) -> Response:
-            request.scope[RECEIVED] = time.time_ns()  # the parse span's start (service.tracing)
+            request.scope[RECEIVED] = time.time_ns()  # the parse span's start (service.observability.tracing)
             return await handler(_Request(request.scope, request.receive))
 
         return route_handler

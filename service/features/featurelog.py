@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 import redis
 
-from service.metrics import Metrics
+from service.observability.metrics import Metrics
 
 log = logging.getLogger("ranker.featurelog")
 

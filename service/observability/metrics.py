@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from starlette.routing import BaseRoute, Match
 
 if TYPE_CHECKING:
-    from service.registry import ModelVersion
+    from service.lifecycle.registry import ModelVersion
 
 # Fine enough to read p99 from 0.25 ms to 1 s: neighbouring bounds differ by at most 1.5x (2x in
 # the first bucket), so histogram_quantile's interpolation error stays within one such step.
@@ -59,7 +59,7 @@ class Metrics:
         self.store_misses = Counter("ranker_feature_store_misses_total", "ids the feature store did not know",
                                     ["store"], registry=r)  # fmt: skip
         self.errors = Counter("ranker_errors_total", "error responses by kind", ["kind"], registry=r)
-        # Serving-time feature log (service.featurelog): "written" to the stream, or dropped:
+        # Serving-time feature log (service.features.featurelog): "written" to the stream, or dropped:
         # "queue_full" (Redis slower than the sampled traffic), "redis_error" (the write failed).
         self.feature_log = Counter("ranker_feature_log_records_total", "sampled feature log records by outcome",
                                    ["outcome"], registry=r)  # fmt: skip

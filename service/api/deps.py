@@ -4,10 +4,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.livestats import LiveStats
-from service.metrics import Metrics
-from service.ranking import Ranker
-from service.registry import Registry
+from service.lifecycle.registry import Registry
+from service.observability.livestats import LiveStats
+from service.observability.metrics import Metrics
+from service.ranking.ranker import Ranker
 from service.settings import Settings
 
 

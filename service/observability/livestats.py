@@ -1,6 +1,6 @@
 """Windowed numbers for the live dashboard, read from the app's own Prometheus registry.
 
-The histograms and counters in service.metrics are cumulative since start. The dashboard wants
+The histograms and counters in service.observability.metrics are cumulative since start. The dashboard wants
 "the last few seconds", so LiveStats keeps snapshots of the cumulative values a second or more
 apart and subtracts the oldest one inside the window from the newest, as PromQL's rate() does.
 Percentiles come from bucket counts with histogram_quantile's own interpolation, so the page and a

@@ -1,6 +1,6 @@
 """POST /v1/rank's logic: features -> one inference call -> scores -> ranked items.
 
-Per-candidate work goes column by column (service.candidates in, service.jsonrows out), so that at
+Per-candidate work goes column by column (service.ranking.candidates in, service.ranking.jsonrows out), so that at
 hundreds of candidates the model, not Python, takes most of a request's time.
 """
 
@@ -16,15 +16,16 @@ import orjson
 
 from contract.features import Encoded, FeatureValueError, usable_or_none
 from contract.scoring import Ranking, ScoreOverflow, rank
-from service import featurelog, jsonrows
-from service.candidates import EMPTY, VIDEO_LEN, Candidates
-from service.featurelog import FeatureLog
-from service.metrics import Metrics
+from service.features import featurelog
+from service.features.featurelog import FeatureLog
+from service.features.store import FeatureStore, Fetched
+from service.lifecycle.registry import ModelVersion, Registry
+from service.observability.metrics import Metrics
 from service.problems import InvalidInput, TooLarge
-from service.registry import ModelVersion, Registry
+from service.ranking import jsonrows
+from service.ranking.candidates import EMPTY, VIDEO_LEN, Candidates
 from service.schemas import RankRequest
 from service.settings import Settings
-from service.store import FeatureStore, Fetched
 
 log = logging.getLogger("ranker")
 

@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.api.responses import JSONBytes
 from service.problems import Conflict, InvalidInput, NotFound, Problem, TooLarge, Unavailable
-from service.responses import JSONBytes
 
 log = logging.getLogger("ranker")
 

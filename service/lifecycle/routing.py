@@ -7,8 +7,8 @@ import bisect
 import itertools
 
 from contract.features import stable_hash
-from service.control import N_BUCKETS, RoutingState
-from service.repository import ModelVersion
+from service.lifecycle.control import N_BUCKETS, RoutingState
+from service.lifecycle.repository import ModelVersion
 
 
 def user_bucket(user_id: str) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 from tqdm import tqdm
 
-from service.store import TABLES, RedisStore, read_table, redis_client
+from service.features.store import TABLES, RedisStore, read_table, redis_client
 
 
 def count_lines(path: Path) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.errors import error_response
+from service.api.errors import error_response
 
 
 class BodyLimitMiddleware:

@@ -1,7 +1,7 @@
 from fastapi import APIRouter
 
-from service.deps import RegistryDep
-from service.errors import ApiError
+from service.api.deps import RegistryDep
+from service.api.errors import ApiError
 from service.schemas import error_responses
 
 router = APIRouter(tags=["health"])
