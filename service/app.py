@@ -15,7 +15,7 @@ from service.features.featurelog import FeatureLog
 from service.features.store import FeatureStore, InProcessStore, RedisStore, load_tables, redis_client
 from service.lifecycle.control import ControlPlane, InProcessControl, RedisControl
 from service.lifecycle.engine import choose_providers
-from service.lifecycle.registry import Registry
+from service.lifecycle.registry import Registry, VersionState
 from service.observability.livestats import LiveStats
 from service.observability.metrics import Metrics, RequestMetricsMiddleware
 from service.observability.tracing import Tracing, from_environment
@@ -62,9 +62,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                                      settings.log_stream_maxlen, settings.log_queue, metrics_)  # fmt: skip
         app.state.registry = registry
         app.state.ranker = Ranker(registry, store, settings, metrics_, feature_log)
-        providers = sorted({m["provider"] for m in registry.describe() if m["state"] == "ready"})
-        log.info("serving %s from %s; providers %s; feature store %s", [m["name"] + "/" + str(m["version"])
-                 for m in registry.describe() if m["active"]], settings.models_dir, providers, store.kind)  # fmt: skip
+        providers = sorted({v.provider for v in registry.describe() if v.state == VersionState.READY})
+        log.info("serving %s from %s; providers %s; feature store %s", [f"{v.name}/{v.version}"
+                 for v in registry.describe() if v.active], settings.models_dir, providers, store.kind)  # fmt: skip
         try:
             yield
         finally:

@@ -53,7 +53,7 @@ def test_a_version_folder_deleted_while_serving_keeps_serving_logged_and_counted
         shutil.rmtree(repo / "ple" / "2")
         with caplog.at_level(logging.WARNING, logger="ranker"):
             for _ in range(3):  # the watcher's polls: reported once, not every poll
-                c.app.state.registry.poll()
+                c.app.state.registry.watcher.poll()
         ranks(c, version=2)
         assert c.get("/health/ready").status_code == 200
         assert metric(c, "ranker_repository_events_total", event="version_vanished") == 1
@@ -72,7 +72,7 @@ def test_the_models_directory_becoming_unreadable_while_serving(repo, caplog):
         repo.rename(away)
         repo.write_text("not a folder any more")
         with caplog.at_level(logging.ERROR, logger="ranker"):
-            c.app.state.registry.poll()
+            c.app.state.registry.watcher.poll()
         ranks(c, version=2)
         assert c.get("/health/ready").status_code == 200
         assert metric(c, "ranker_repository_events_total", event="unreadable") >= 1
@@ -81,7 +81,7 @@ def test_the_models_directory_becoming_unreadable_while_serving(repo, caplog):
         # Back again: the watcher carries on, nothing was unloaded.
         repo.unlink()
         away.rename(repo)
-        c.app.state.registry.poll()
+        c.app.state.registry.watcher.poll()
         ranks(c, version=2)
         assert [m["version"] for m in c.get("/v1/models").json()["models"] if m["state"] == "ready"] == [2]
 

@@ -60,7 +60,7 @@ def test_the_watcher_never_routes_to_another_interface_and_keeps_the_split(repo)
         assert r.status_code == 200, r.text
         before = {v: m["traffic_share"] for v, m in rows(c).items()}
         other_interface_version(repo, 2, 3)
-        c.app.state.registry.poll()
+        c.app.state.registry.watcher.poll()
         after = rows(c)
         assert after[3]["state"] == "ready" and after[3]["traffic_share"] == 0.0
         assert after[3]["compatible"] is False and "income" in after[3]["interface_change"]
@@ -94,7 +94,7 @@ def test_an_admin_changes_the_interface_only_with_the_override(repo):
 def test_a_version_with_the_same_interface_needs_no_override(repo):
     with TestClient(create_app(settings(repo, watch="auto"))) as c:
         copy_version(repo, 1, 3)
-        c.app.state.registry.poll()
+        c.app.state.registry.watcher.poll()
         assert rows(c)[3]["compatible"] is True and rows(c)[3]["active"] is True
         assert metric(c, "ranker_incompatible_versions_total") == 0
 
@@ -132,7 +132,7 @@ def test_with_redis_an_admins_interface_change_survives_a_restart(repo, redis_pr
 def test_by_default_a_new_version_waits_for_an_admin(repo):
     with TestClient(create_app(Settings(models_dir=repo, features_dir=None, admin_token=TOKEN))) as c:
         copy_version(repo, 1, 3)  # same interface, newest: still not routed by itself
-        c.app.state.registry.poll()
+        c.app.state.registry.watcher.poll()
         assert rows(c)[3]["state"] == "ready" and rows(c)[3]["traffic_share"] == 0.0
         assert c.post("/v1/rank", json=REQUEST).json()["version"] == 2
 
@@ -144,7 +144,7 @@ def test_a_model_that_appears_after_start_serves_by_the_start_up_rule(repo, tmp_
         assert c.get("/health/ready").status_code == 503
         shutil.copytree(repo / "ple", empty / "ple")
         other_interface_version(empty, 2, 3)
-        c.app.state.registry.poll()
+        c.app.state.registry.watcher.poll()
         assert c.get("/health/ready").status_code == 200
         assert c.post("/v1/rank", json=REQUEST).json()["version"] == 2
 
@@ -154,5 +154,5 @@ def test_auto_does_not_end_an_admins_split(repo):
         assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
         assert c.put("/v1/admin/models/ple/split", json={"weights": {"1": 0.25, "2": 0.75}}, headers=AUTH).status_code == 200
         copy_version(repo, 2, 3)  # the same interface, newer
-        c.app.state.registry.poll()
+        c.app.state.registry.watcher.poll()
         assert {v: m["traffic_share"] for v, m in rows(c).items()} == {1: 0.25, 2: 0.75, 3: 0.0}

@@ -101,7 +101,7 @@ def test_a_failed_version_never_replaces_the_serving_one(repo, corrupt, reason):
     with TestClient(create_app(settings(repo, watch="auto"))) as c:
         registry = c.app.state.registry
         corrupt(copy_version(repo, 2, 3))
-        registry.poll()
+        registry.watcher.poll()
         row = next(m for m in c.get("/v1/models").json()["models"] if m["version"] == 3)
         assert row["state"] == "failed" and reason in row["reason"]
         assert rank(c)["version"] == 2
@@ -111,7 +111,7 @@ def test_a_failed_version_never_replaces_the_serving_one(repo, corrupt, reason):
         assert r.status_code == 409
         assert 'ranker_model_loads_total{model="ple",result="failed"} 1.0' in c.get("/metrics").text
         shutil.rmtree(repo / "ple" / "3")  # the broken folder removed: no longer listed
-        registry.poll()
+        registry.watcher.poll()
         assert [m["version"] for m in c.get("/v1/models").json()["models"]] == [2]
 
 
@@ -134,17 +134,17 @@ def test_a_half_written_folder_loads_once_complete(repo):
         folder = copy_version(repo, 2, 3)
         spec = (folder / "model.json").read_bytes()
         (folder / "model.json").unlink()  # the copy has not reached model.json yet
-        registry.poll()
+        registry.watcher.poll()
         assert rank(c)["version"] == 2
         (folder / "model.json").write_bytes(spec)
-        registry.poll()
+        registry.watcher.poll()
         assert rank(c)["version"] == 3  # auto: the newer, now complete version serves
 
 
 def test_explicit_mode_loads_new_versions_without_routing_to_them(repo):
     with TestClient(create_app(settings(repo, watch="explicit"))) as c:
         copy_version(repo, 1, 3)
-        c.app.state.registry.poll()
+        c.app.state.registry.watcher.poll()
         rows = {m["version"]: m for m in c.get("/v1/models").json()["models"]}
         assert rows[3]["state"] == "ready" and rows[3]["traffic_share"] == 0.0
         assert rank(c)["version"] == 2
@@ -253,7 +253,7 @@ def test_an_unreadable_models_directory_serves_nothing_but_stays_up(tmp_path):
     not_a_dir = tmp_path / "models"
     not_a_dir.write_text("a file, not a folder")
     with TestClient(create_app(settings(not_a_dir, watch="auto"))) as c:
-        c.app.state.registry.poll()
+        c.app.state.registry.watcher.poll()
         assert c.get("/health/live").status_code == 200
         assert c.get("/health/ready").status_code == 503
         assert c.post("/v1/rank", json=REQUEST).status_code == 503

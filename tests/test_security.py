@@ -35,7 +35,7 @@ def test_a_version_folder_linked_out_of_the_repository_is_refused(repo, tmp_path
     with TestClient(create_app(settings(repo, watch="auto"))) as c:
         r = c.post("/v1/admin/models/ple/versions/3/load", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 422 and "outside the model repository" in r.json()["error"]["message"], r.text
-        c.app.state.registry.poll()  # the watcher does not load it either
+        c.app.state.registry.watcher.poll()  # the watcher does not load it either
         rows = {m["version"]: m for m in c.get("/v1/models").json()["models"]}
         assert rows[3]["state"] == "failed" and "outside" in rows[3]["reason"]
         r = c.post("/v1/rank", json={"user": {"id": "u"}, "candidates": [{"id": "a", "video_len": 3.0}]})

@@ -1,13 +1,13 @@
-"""Model lifecycle: the versions loaded from the repository, the routing each model serves by, the
-admin operations that change it, and the watcher that loads new folders.
+"""Model lifecycle: the versions loaded from the repository, the routing each model serves by, and
+the admin operations that change it.
 
 Routing per model is an immutable `Routing` object replaced by one assignment, so a request that
 picked a version finishes on it, and the old session is freed when its last request lets go. A
 version that fails to load is marked failed with its reason and never touches what serves.
-Loading itself is service.lifecycle.repository's, bucket routing service.lifecycle.routing's. The class is ~500 lines
-because the admin operations, the control-plane sync and the watcher all change the same three
-pieces of state (entries, routing, pending) under one lock per model; splitting them would spread
-that locking over modules.
+Loading itself is service.lifecycle.repository's, bucket routing service.lifecycle.routing's, new
+folders service.lifecycle.watcher's. The class is ~450 lines because the admin operations and the
+control-plane sync change the same three pieces of state (entries, routing, corrupt) under one lock
+per model; splitting them would spread that locking over modules.
 """
 
 from __future__ import annotations
@@ -16,20 +16,49 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from service.lifecycle.control import (N_BUCKETS, ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused,
                                        RoutingState, bucket_counts)
-from service.lifecycle.repository import (LoadError, ModelVersion, Repository, VersionEntry, folder_signature,
-                                          load_version, release_memory)
+from service.lifecycle.repository import (LoadError, ModelVersion, Repository, VersionEntry, VersionState,
+                                          folder_signature, load_version, release_memory)
 from service.lifecycle.routing import Routing, startup_order, user_bucket
+from service.lifecycle.watcher import Watcher
 from service.observability.metrics import Metrics
 from service.problems import Conflict, InvalidInput, NotFound, Problem, Unavailable
 from service.settings import Settings
 
 log = logging.getLogger("ranker.registry")
 
-__all__ = ["Registry", "ModelVersion", "VersionEntry", "load_version"]  # re-exported: what callers of the registry use
+__all__ = ["Registry", "ModelVersion", "VersionEntry", "VersionInfo", "VersionState", "load_version"]  # re-exported: what callers of the registry use
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version as GET /v1/models lists it. The fields from `compatible` on are there for a loaded
+    version only; `interface_change` only when it differs from the serving version's, `reason` only
+    for a failed one."""
+
+    name: str
+    version: int
+    state: VersionState
+    active: bool
+    traffic_share: float
+    compatible: bool | None = None  # has the serving version's interface
+    interface_change: str | None = None
+    family: str | None = None
+    provider: str | None = None
+    io_binding: bool | None = None
+    cuda_graph: bool | None = None
+    cpu_threads: int | str | None = None
+    tasks: list[str] | None = None
+    default_weights: dict[str, float] | None = None
+    load_seconds: float | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 class Registry:
@@ -41,13 +70,9 @@ class Registry:
         self.repository = Repository(settings.models_dir, metrics)
         self._entries: dict[str, dict[int, VersionEntry]] = defaultdict(dict)
         self._routing: dict[str, Routing] = {}
-        self._seen: dict[str, set[int]] = defaultdict(set)  # folders the watcher has handled
-        self._vanished: set[tuple[str, int]] = set()  # loaded versions whose folder is gone (reported once)
         self._corrupt: dict[str, str] = {}  # model -> the garbage last seen in its control keys (logged once)
-        self._to_route: dict[str, int] = {}  # auto mode: a new version waiting for the control plane
         self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self.watcher = Watcher(self)
 
     # ---- lifecycle ----
 
@@ -56,31 +81,28 @@ class Registry:
             self._start_model(name)
         self.control.start(self.sync_from_control, self.model_names, self.drop_unloaded_elsewhere)
         if self.settings.watch != "off":
-            self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
-            self._watcher.start()
+            self.watcher.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._watcher:
-            self._watcher.join(timeout=5)
+        self.watcher.close()
         self.control.close()
 
     def _start_model(self, name: str) -> None:
         versions = self.versions_on_disk(name)
-        self._seen[name].update(versions)
+        self.watcher.mark_handled(name, versions)
         shared, corrupt = None, False
         try:
             shared = self.control.read(name)
         except ControlUnavailable as exc:
             log.warning("control plane unavailable at start (%s); %s serves by the start-up rule", exc, name)
         except ControlCorrupt as exc:
-            self._note_corrupt(name, exc)
+            self.note_corrupt(name, exc)
             corrupt = True
-        if shared is not None and self._apply(name, shared):
+        if shared is not None and self.apply(name, shared):
             return
         interfaces = self.repository.interfaces(name, versions)
         for version in startup_order(interfaces):
-            if self.load(name, version).state == "ready":
+            if self.load(name, version).state == VersionState.READY:
                 state = RoutingState(version)
                 self._set_routing(name, state)
                 if shared is None and not corrupt:  # first replica to serve this model: record it for the others
@@ -93,7 +115,7 @@ class Registry:
                                 interfaces[version].difference(interfaces[others[-1]]))  # fmt: skip
                 return
 
-    def _note_corrupt(self, name: str, exc: ControlCorrupt) -> None:
+    def note_corrupt(self, name: str, exc: ControlCorrupt) -> None:
         """Garbage in a model's control keys: keep routing as is; say so once per distinct value."""
         if self._corrupt.get(name) != str(exc):
             self._corrupt[name] = str(exc)
@@ -118,20 +140,20 @@ class Registry:
         """Load, check and warm up one version (no routing change). Safe to call again."""
         with self._locks[name]:
             current = self._entries[name].get(version)
-            if current is not None and current.state == "ready":
+            if current is not None and current.state == VersionState.READY:
                 return current
-            entry = VersionEntry(name, version, "loading")
+            entry = VersionEntry(name, version, VersionState.LOADING)
             self._entries[name][version] = entry
             try:
                 path = self.version_path(name, version)
                 entry.signature = folder_signature(path)
                 handle = load_version(path, self.settings)
             except (LoadError, OSError, Problem) as exc:
-                entry.state, entry.reason = "failed", str(exc)
+                entry.state, entry.reason = VersionState.FAILED, str(exc)
                 self.metrics.model_loads.labels(name, "failed").inc()
                 log.error("model %s/%s failed to load: %s", name, version, exc)
                 return entry
-            entry.handle, entry.state, entry.since = handle, "ready", time.time()
+            entry.handle, entry.state, entry.since = handle, VersionState.READY, time.time()
             self.metrics.model_loads.labels(name, "ok").inc()
             self.metrics.model_load_seconds.labels(name).observe(handle.load_seconds)
             log.info("model %s/%s ready on %s in %.3fs", name, version, handle.engine.describe(), handle.load_seconds)
@@ -171,7 +193,7 @@ class Registry:
         with self._locks[name]:
             for version in state.weights():
                 entry = self._entries[name].get(version)
-                if entry is not None and entry.state == "ready":
+                if entry is not None and entry.state == VersionState.READY:
                     continue
                 try:
                     present = (self.root / name / str(version)).is_dir()
@@ -180,11 +202,11 @@ class Registry:
                 if not present:
                     log.error("control state of %s names version %s, which is not in the repository", name, version)
                     return False
-                if self.load(name, version).state != "ready":
+                if self.load(name, version).state != VersionState.READY:
                     return False
             return True
 
-    def _apply(self, name: str, state: RoutingState) -> bool:
+    def apply(self, name: str, state: RoutingState) -> bool:
         """Route per `state`, loading what it needs; keeps the current routing if anything fails."""
         with self._locks[name]:
             current = self._routing.get(name)
@@ -213,11 +235,11 @@ class Registry:
         try:
             state = self.control.read(name)
         except ControlCorrupt as exc:
-            self._note_corrupt(name, exc)
+            self.note_corrupt(name, exc)
             return
         self._corrupt.pop(name, None)
         if state is not None:
-            self._apply(name, state)
+            self.apply(name, state)
             return
         current = self._routing.get(name)
         # No state stored, yet this replica routes: Redis lost its keys (restarted empty). Put this
@@ -239,7 +261,7 @@ class Registry:
         entry = self._entries.get(name, {}).get(version)
         if entry is None:
             raise NotFound("version_not_found", f"{name}/{version} is not loaded", "version")
-        if entry.state != "ready":
+        if entry.state != VersionState.READY:
             raise Conflict("version_not_ready", f"{name}/{version} is {entry.state}", "version")
         return entry
 
@@ -252,7 +274,7 @@ class Registry:
             raise Unavailable("repository_unreadable", f"the model repository cannot be read: {exc}") from None
         if not present:
             raise NotFound("version_not_found", f"no folder {name}/{version} in the repository", "version")
-        self._seen[name].add(version)
+        self.watcher.mark_handled(name, [version])
         return self.load(name, version)
 
     def activate(self, name: str, version: int, allow_interface_change: bool = False) -> RoutingState:
@@ -261,7 +283,7 @@ class Registry:
             self._check_interface(name, [version], allow_interface_change)
             state = RoutingState(version)
             self._write_control(name, state)
-            self._to_route.pop(name, None)  # an admin's choice wins over the watcher's pending one
+            self.watcher.cancel_pending(name)  # an admin's choice wins over the watcher's pending one
             self._set_routing(name, state)
             return state
 
@@ -289,7 +311,7 @@ class Registry:
             active = max(counts, key=lambda v: (counts[v], v))
             state = RoutingState(active, counts if len(counts) > 1 else None)
             self._write_control(name, state)
-            self._to_route.pop(name, None)
+            self.watcher.cancel_pending(name)
             self._set_routing(name, state)
             return state
 
@@ -306,8 +328,8 @@ class Registry:
                 raise Conflict("rollback_failed", str(exc)) from None
             if state is None:
                 raise Conflict("no_history", f"model {name!r} has no earlier state to roll back to")
-            self._to_route.pop(name, None)
-            self._apply(name, state)
+            self.watcher.cancel_pending(name)
+            self.apply(name, state)
             return state
 
     def unload(self, name: str, version: int) -> None:
@@ -327,7 +349,7 @@ class Registry:
     def drop_unloaded_elsewhere(self, name: str, version: int) -> None:
         """Another replica unloaded `version`: drop this replica's copy too, unless it routes here."""
         with self._locks[name]:
-            self._seen[name].add(version)  # the watcher must not load it again from its folder
+            self.watcher.mark_handled(name, [version])  # not loaded again from its folder
             routing = self._routing.get(name)
             if version not in self._entries.get(name, {}):
                 return
@@ -386,128 +408,63 @@ class Registry:
         entry = self._entries.get(name, {}).get(version)
         return entry.handle if entry else None
 
-    def describe(self, name: str | None = None) -> list[dict]:
+    def describe(self, name: str | None = None) -> list[VersionInfo]:
         rows = []
         for model in sorted(self._entries) if name is None else [name]:
-            if model not in self._entries:
-                continue
             routing = self._routing.get(model)
             weights = routing.state.weights() if routing else {}
             for version, entry in sorted(self._entries.get(model, {}).items()):
-                row = {"name": model, "version": version, "state": entry.state,
-                       "active": routing is not None and routing.state.active == version,
-                       "traffic_share": weights.get(version, 0.0)}  # fmt: skip
+                info = VersionInfo(model, version, entry.state, routing is not None and routing.state.active == version,
+                                   weights.get(version, 0.0), reason=entry.reason)  # fmt: skip
                 if entry.handle is not None:
-                    spec = entry.handle.spec
-                    engine = entry.handle.engine.describe()
+                    spec, engine = entry.handle.spec, entry.handle.engine.describe()
                     change = self.interface_change(model, entry.handle)
-                    row["compatible"] = change is None  # the serving version's interface
-                    if change is not None:
-                        row["interface_change"] = change
-                    row.update(family=spec.family, provider=engine["provider"], io_binding=engine["io_binding"],
-                               cuda_graph=engine["cuda_graph"], cpu_threads=engine["cpu_threads"],
-                               tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
-                               load_seconds=round(entry.handle.load_seconds, 4))  # fmt: skip
-                if entry.reason:
-                    row["reason"] = entry.reason
-                rows.append(row)
+                    info = replace(info, compatible=change is None, interface_change=change, family=spec.family,
+                                   provider=engine["provider"], io_binding=engine["io_binding"],
+                                   cuda_graph=engine["cuda_graph"], cpu_threads=engine["cpu_threads"],
+                                   tasks=[t.name for t in spec.tasks], default_weights=spec.scoring.weights,
+                                   load_seconds=round(entry.handle.load_seconds, 4))  # fmt: skip
+                rows.append(info)
         return rows
 
-    # ---- the watcher ----
+    # ---- what the watcher reads and changes (service.lifecycle.watcher) ----
 
-    def _note_vanished(self) -> None:
-        """A loaded version whose folder was deleted keeps serving from memory: log and count it once."""
-        try:
-            if not self.root.is_dir():
-                return  # the whole repository is gone: model_names() reports that
-            presence = {(name, version): (self.root / name / str(version)).is_dir()
-                        for name, entries in list(self._entries.items()) for version in list(entries)}  # fmt: skip
-        except OSError:
-            return  # unreadable (permissions): model_names() reports that
-        for name, entries in list(self._entries.items()):
-            for version, entry in list(entries.items()):
-                key, present = (name, version), presence.get((name, version), True)
-                if entry.state == "failed" and not present:
-                    del entries[version]  # a failed folder that was removed: nothing left to report
-                    self._seen[name].discard(version)
-                    continue
-                if entry.handle is not None and not present and key not in self._vanished:
-                    self._vanished.add(key)
-                    self.metrics.repository_events.labels("version_vanished").inc()
-                    log.warning("model %s/%s: its folder was deleted; the loaded copy keeps serving", name, version)
-                elif present:
-                    self._vanished.discard(key)
+    def lock(self, name: str) -> threading.RLock:
+        return self._locks[name]
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.settings.watch_interval_s):
-            try:
-                self.poll()
-            except Exception:  # the watcher must outlive any one bad folder
-                log.exception("model watcher poll failed")
+    def entry(self, name: str, version: int) -> VersionEntry | None:
+        return self._entries.get(name, {}).get(version)
 
-    def poll(self) -> None:
-        """Load version folders that appeared (or failed and changed since); in `auto`, route to a newer
-        one with the same interface. A model that serves nothing yet (a new folder) serves by the
-        start-up rule in either mode: there is no rollout to protect."""
-        self._note_vanished()
-        for name in self.model_names():
-            for version in self.versions_on_disk(name):
-                entry = self._entries.get(name, {}).get(version)
-                if entry is None and version in self._seen[name]:
-                    continue
-                if entry is not None and not (entry.state == "failed" and entry.signature != folder_signature(self.root / name / str(version))):
-                    continue
-                self._seen[name].add(version)
-                entry = self.load(name, version)
-                routing = self._routing.get(name)
-                if entry.state != "ready" or routing is None:
-                    continue
-                if self.settings.watch != "auto" or version <= max(max(routing.state.weights()), self._to_route.get(name, 0)):
-                    continue
-                if routing.state.split:  # an admin's A/B test runs: auto does not end it
-                    log.info("model %s/%s loaded; the A/B split %s stays until an admin changes it", name, version,
-                             routing.state.weights())  # fmt: skip
-                elif self.interface_change(name, entry.handle) is None:
-                    self._to_route[name] = version
-            if name not in self._routing:
-                self._serve_first(name)
-        for name in list(self._to_route):
-            self._route_new_version(name)
+    def routing_of(self, name: str) -> Routing | None:
+        return self._routing.get(name)
 
-    def _serve_first(self, name: str) -> None:
-        """A model that serves nothing yet: the control plane's state if another replica or an admin
-        wrote one, else the start-up rule among the versions loaded."""
-        try:
-            shared = self.control.read(name)
-        except ControlUnavailable:
-            return  # the next poll asks again
-        except ControlCorrupt as exc:
-            self._note_corrupt(name, exc)
-            return
-        if shared is not None:
-            self._apply(name, shared)
-            return
-        ready = {v: e.handle.spec.interface() for v, e in self._entries.get(name, {}).items() if e.handle}
-        if ready:
-            self._to_route[name] = startup_order(ready)[0]
+    def loaded(self) -> list[tuple[str, int, VersionEntry]]:
+        return [(name, version, entry) for name, entries in list(self._entries.items())
+                for version, entry in list(entries.items())]  # fmt: skip
 
-    def _route_new_version(self, name: str) -> None:
-        """auto: route to the newest version the watcher loaded, through the control plane, so that
-        every replica follows. While the control plane is down nothing changes here (a local switch
-        would make this replica disagree with the others); the next poll tries again."""
+    def forget_failed(self, name: str, version: int) -> None:
+        """A failed version whose folder was removed: nothing is left to report."""
         with self._locks[name]:
-            version = self._to_route.get(name)
-            if version is None:
-                return
+            entry = self._entries[name].get(version)
+            if entry is not None and entry.state == VersionState.FAILED:
+                del self._entries[name][version]
+
+    def ready_interfaces(self, name: str) -> dict:
+        return {v: e.handle.spec.interface() for v, e in self._entries.get(name, {}).items() if e.handle}
+
+    def route_new_version(self, name: str, version: int) -> bool:
+        """auto: route all traffic to `version` through the control plane, so that every replica follows.
+        False while the control plane is down (a local switch would make this replica disagree with the
+        others): the watcher tries again at its next poll."""
+        with self._locks[name]:
             entry = self._entries[name].get(version)
             if entry is None or entry.handle is None or self.interface_change(name, entry.handle) is not None:
-                del self._to_route[name]  # unloaded, or an admin changed the interface meanwhile
-                return
+                return True  # unloaded, or an admin changed the interface meanwhile: nothing to route
             state = RoutingState(version)
             try:
                 self.control.write(name, state)
             except ControlUnavailable as exc:
                 log.warning("new version %s/%s loaded; routing to it waits for the control plane (%s)", name, version, exc)
-                return
-            del self._to_route[name]
+                return False
             self._set_routing(name, state)
+            return True

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from contract.features import FeatureTransform
@@ -55,13 +56,19 @@ class ModelVersion:
     load_seconds: float
 
 
+class VersionState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"  # loaded, checked and warmed up: can take traffic
+    FAILED = "failed"  # with its reason; retried when the folder changes
+
+
 @dataclass
 class VersionEntry:
     """What the registry knows of one version folder."""
 
     name: str
     version: int
-    state: str  # loading | ready | failed
+    state: VersionState
     handle: ModelVersion | None = None
     reason: str | None = None
     signature: tuple = ()

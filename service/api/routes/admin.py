@@ -10,6 +10,7 @@ from service.api.deps import RegistryDep, SettingsDep
 from service.api.errors import ApiError
 from service.api.jsonbody import JSONRoute
 from service.lifecycle.control import RoutingState
+from service.lifecycle.repository import VersionState
 from service.schemas import ActivateRequest, RoutingResponse, SplitRequest, error_responses
 
 
@@ -53,9 +54,9 @@ def routing(name: str, state: RoutingState) -> RoutingResponse:
 def load(name: Name, version: Version, registry: RegistryDep) -> dict:
     """Load, check and warm up a version without routing traffic to it."""
     entry = registry.admin_load(name, version)
-    if entry.state != "ready":
+    if entry.state != VersionState.READY:
         raise ApiError(422, "load_failed", f"{name}/{version} failed to load: {entry.reason}", "version")
-    return next(row for row in registry.describe(name) if row["version"] == version)
+    return next(v.as_dict() for v in registry.describe(name) if v.version == version)
 
 
 @router.post("/{name}/activate")

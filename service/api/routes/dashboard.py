@@ -17,4 +17,4 @@ def dashboard() -> HTMLResponse:
 @router.get("/dashboard/data")
 def dashboard_data(live: LiveStatsDep, registry: RegistryDep) -> dict:
     """Request rate, latency percentiles, candidates and errors over the last window; the models and split."""
-    return {**live.summary(), "models": registry.describe()}
+    return {**live.summary(), "models": [v.as_dict() for v in registry.describe()]}

@@ -16,4 +16,4 @@ def live() -> dict:
 def ready(registry: RegistryDep) -> dict:
     if not registry.ready():
         raise ApiError(503, "not_ready", "no model version is loaded and warmed up")
-    return {"status": "ready", "models": [m["name"] + "/" + str(m["version"]) for m in registry.describe() if m["active"]]}
+    return {"status": "ready", "models": [f"{v.name}/{v.version}" for v in registry.describe() if v.active]}

@@ -9,6 +9,7 @@ from service.api.deps import RegistryDep, SettingsDep
 from service.api.errors import ApiError
 from service.api.jsonbody import JSONRoute
 from service.api.responses import JSONBytes
+from service.lifecycle.repository import VersionState
 from service.ranking import kserve
 from service.schemas import error_responses
 
@@ -33,7 +34,7 @@ def ready(registry: RegistryDep) -> dict:
 @router.get("/models/{name}")
 def model_metadata(name: Name, registry: RegistryDep) -> dict:
     mv = registry.serving(name)
-    return kserve.metadata(mv, [row["version"] for row in registry.describe(name) if row["state"] == "ready"])
+    return kserve.metadata(mv, [v.version for v in registry.describe(name) if v.state == VersionState.READY])
 
 
 @router.get("/models/{name}/versions/{version}")

@@ -13,13 +13,13 @@ router = APIRouter(tags=["models"], responses=error_responses(404, 422))
 @router.get("/v1/models")
 def list_models(registry: RegistryDep) -> dict:
     """Every known version: state (loading/ready/failed), provider, tasks, default weights, traffic share."""
-    return {"models": registry.describe()}
+    return {"models": [v.as_dict() for v in registry.describe()]}
 
 
 @router.get("/v1/models/{name}")
 def one_model(name: Annotated[str, Path(pattern=NAME_PATTERN)], registry: RegistryDep) -> dict:
     """One model's versions, with the feature schema of each loaded one."""
-    rows = registry.describe(name)
+    rows = [v.as_dict() for v in registry.describe(name)]
     if not rows:
         raise ApiError(404, "model_not_found", f"model {name!r} is not known", "name")
     for row in rows:
