@@ -27,7 +27,7 @@ from bench.common import (ROOT, alternated, make_request, model_parser, newest_v
                           served, write_result)
 from service.api.jsonbody import loads
 from service.app import create_app
-from service.ranking.candidates import Candidates
+from service.ranking.candidates import Candidates, raw_features
 from service.schemas import RankRequest
 from service.settings import Settings
 
@@ -49,7 +49,8 @@ def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], rep
         for n, body in bodies.items():
             req = parse(body)
             candidates = Candidates.of(req.candidates)
-            shared, per_row, _, _ = ranker.raw_features(mv, req, candidates, ranker.store.fetch("u42", candidates.ids))
+            fetched = ranker.store.fetch("u42", candidates.ids)
+            shared, per_row, _, _ = raw_features(mv.transform, req, candidates, fetched.user, fetched.items)
             inputs = mv.transform.encode(n, shared, per_row).as_inputs()  # the batch the service sends
             bare_runs, service_runs = alternated(partial(mv.engine.session.run, None, inputs),
                                                  partial(served_stages, ranker, body), repeat)

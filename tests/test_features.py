@@ -8,8 +8,7 @@ import pytest
 from contract.features import MISSING_ID, FeatureTransform, FeatureValueError, fit_dense, stable_hash
 from contract.modelspec import FeatureSpec
 from service.features.store import InProcessStore
-from service.ranking.candidates import Candidates
-from service.ranking.ranker import Ranker
+from service.ranking.candidates import Candidates, raw_features
 from service.schemas import RankRequest
 from training.data import videolog
 from training.train import encode, fit_features
@@ -92,13 +91,6 @@ def test_training_and_serving_encode_the_same_raw_record_identically():
     store.put("item", zip(log.videos.index, log.videos.to_dict("records")))
     rows = np.arange(0, 500, 37)
     trained = encode(transform, data.subset(rows))
-
-    class _Version:  # the parts of a loaded model version that the request path reads
-        pass
-
-    mv = _Version()
-    mv.transform = transform
-    mv.spec = type("S", (), {"features": transform.specs})()
     for out_row, i in enumerate(rows):
         imp = log.impressions.iloc[i]
         req = RankRequest.model_validate({
@@ -107,7 +99,8 @@ def test_training_and_serving_encode_the_same_raw_record_identically():
             "candidates": [{"id": imp["video_id"]}],
         })
         candidates = Candidates.of(req.candidates)
-        shared, per_row, _, _ = Ranker.raw_features(mv, req, candidates, store.fetch(req.user.id, candidates.ids))
+        fetched = store.fetch(req.user.id, candidates.ids)
+        shared, per_row, _, _ = raw_features(transform, req, candidates, fetched.user, fetched.items)
         served = transform.encode(1, shared, per_row)
         np.testing.assert_array_equal(served.sparse_ids[0], trained.sparse_ids[out_row])
         np.testing.assert_array_equal(served.dense[0], trained.dense[out_row])

@@ -3,24 +3,23 @@
 A team serving this model in another stack would still use the project's feature transform (the
 one contract between training and serving, contract/features.py) and the scoring formula
 (contract/scoring.py); what differs between peers is only the server and the inference engine.
-This module depends on NumPy and pydantic only (no redis, no FastAPI), so it imports in every
+Raw features are assembled by the service's own code (service.ranking.candidates), which needs
+NumPy and pydantic only (no redis, no FastAPI, no onnxruntime), so this module imports in every
 peer's own virtual environment with the repository root on sys.path.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from contract.features import FeatureTransform
 from contract.modelspec import ModelSpec
 from contract.scoring import rank
-
-VIDEO_LEN = "video_len"
+from service.ranking.candidates import Candidates, raw_features
+from service.schemas import RankRequest
 
 
 def read_jsonl(path: Path) -> dict[str, dict]:
@@ -47,32 +46,14 @@ class RankingCore:
         self.outputs = [t.output for t in self.spec.tasks]
 
     def inputs(self, req: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """A request (parsed JSON) -> ({sparse_ids, dense}, video lengths)."""
-        user, context, candidates = req["user"], req.get("context") or {}, req["candidates"]
-        stored_user = self.users.get(user["id"], {})
-        user_features = user.get("features") or {}
-        shared: dict[str, Any] = {}
-        for name in self.transform.by_source["user"]:
-            shared[name] = user["id"] if name in self.id_features else user_features.get(name, stored_user.get(name))
-        for name in self.transform.by_source["context"]:
-            shared[name] = context.get(name)
-        stored = [self.items.get(c["id"], {}) for c in candidates]
-        lengths = []
-        for c, s in zip(candidates, stored):
-            length = c.get(VIDEO_LEN) or (c.get("features") or {}).get(VIDEO_LEN) or s.get(VIDEO_LEN)
-            if not isinstance(length, (int, float)) or not 0 < length < math.inf:
-                length = self.transform.dense_defaults[VIDEO_LEN]  # as the service: the schema's default
-            lengths.append(float(length))
-        per_row: dict[str, list] = {}
-        for name in self.transform.by_source["item"]:
-            if name in self.id_features:
-                per_row[name] = [c["id"] for c in candidates]
-            elif name == VIDEO_LEN:
-                per_row[name] = lengths
-            else:
-                per_row[name] = [(c.get("features") or {}).get(name, s.get(name)) for c, s in zip(candidates, stored)]
-        encoded = self.transform.encode(len(candidates), shared, per_row)
-        return encoded.as_inputs(), np.asarray(lengths)
+        """A request (parsed JSON) -> ({sparse_ids, dense}, video lengths), by the service's own
+        assembly (service/ranking/candidates.py): the same precedence and video_len rules."""
+        request = RankRequest.model_validate(req)
+        candidates = Candidates.of(request.candidates)
+        stored = [self.items.get(cid) for cid in candidates.ids]
+        shared, per_row, lengths, _ = raw_features(self.transform, request, candidates, self.users.get(request.user.id),
+                                                   stored)  # fmt: skip
+        return self.transform.encode(len(candidates.ids), shared, per_row).as_inputs(), lengths
 
     def ranked(self, req: dict, outputs: list[np.ndarray], lengths: np.ndarray) -> list[dict]:
         """Per-task outputs (one (B,) array per task, in model.json's order) -> items, best first."""

@@ -12,6 +12,7 @@ from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel
 
 from bench.peers.core import RankingCore
+from service.problems import Problem
 
 Infer = Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # {sparse_ids, dense} -> one (B,) array per task
 
@@ -44,7 +45,7 @@ def make_app(core: RankingCore, infer: Infer) -> FastAPI:
         body = req.model_dump()
         try:
             inputs, lengths = core.inputs(body)
-        except ValueError as exc:
+        except (ValueError, Problem) as exc:
             raise HTTPException(422, str(exc)) from None
         items = core.ranked(body, infer(inputs), lengths)
         return ORJSONResponse({"request_id": req.request_id, "model": core.spec.name, "version": core.spec.version,

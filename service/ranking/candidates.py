@@ -1,4 +1,6 @@
-"""A request's candidates as columns: read once, each column in one C-level pass (map over dicts).
+"""A request's candidates as columns: read once, each column in one C-level pass (map over dicts);
+and the raw feature values a request ranks with. Imports NumPy and pydantic only: the bench peers
+(bench/peers/core.py) assemble features with this same code in their own environments.
 
 The request path touches every candidate several times (limits, duplicate ids, video_len, each item
 feature); per-candidate Python there cost ~1 ms at 500 candidates. Here each column is one `map`
@@ -16,8 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from contract.features import FeatureTransform
 from service.problems import InvalidInput
-from service.schemas import Candidate
+from service.schemas import Candidate, RankRequest
 
 VIDEO_LEN = "video_len"
 # The stand-in for "no features" (none sent, or an item the store does not know). Shared by every
@@ -99,3 +102,29 @@ class Candidates:
         if not self.any_sent_features:
             return list(from_store)
         return list(map(dict.get, self.sent_features, repeat(name), from_store))
+
+
+def raw_features(transform: FeatureTransform, req: RankRequest, candidates: Candidates,
+                 stored_user: dict[str, Any] | None, stored_items: Sequence[dict[str, Any] | None]
+                 ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, int]:  # fmt: skip
+    """Shared (user + context) and per-candidate raw values (the request wins over the store), the
+    candidates' video lengths, and how many lengths took the schema's default."""
+    by_source, id_features = transform.by_source, transform.from_id
+    stored_user = stored_user or EMPTY
+    shared: dict[str, Any] = {}
+    for name in by_source["user"]:
+        shared[name] = req.user.id if name in id_features else req.user.features.get(name, stored_user.get(name))
+    for name in by_source["context"]:
+        shared[name] = req.context.get(name)
+
+    stored = [s or EMPTY for s in stored_items]
+    video_len, defaulted = candidates.video_len(stored, transform.dense_defaults.get(VIDEO_LEN))
+    per_row: dict[str, Any] = {}
+    for name in by_source["item"]:
+        if name in id_features:
+            per_row[name] = candidates.ids
+        elif name == VIDEO_LEN:
+            per_row[name] = video_len
+        else:
+            per_row[name] = candidates.feature(name, stored)
+    return shared, per_row, video_len, defaulted

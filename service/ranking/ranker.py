@@ -18,12 +18,12 @@ from contract.features import Encoded, FeatureValueError, usable_or_none
 from contract.scoring import Ranking, ScoreOverflow, rank
 from service.features import featurelog
 from service.features.featurelog import FeatureLog
-from service.features.store import FeatureStore, Fetched
+from service.features.store import FeatureStore
 from service.lifecycle.registry import ModelVersion, Registry
 from service.observability.metrics import Metrics
 from service.problems import InvalidInput, TooLarge
 from service.ranking import jsonrows
-from service.ranking.candidates import EMPTY, VIDEO_LEN, Candidates
+from service.ranking.candidates import Candidates, raw_features
 from service.schemas import RankRequest
 from service.settings import Settings
 
@@ -56,7 +56,8 @@ class Ranker:
             self.metrics.degraded.labels("feature_store").inc()
         if fetched.corrupt:
             self.metrics.degraded.labels("feature_store_row").inc()
-        shared, per_row, video_len, lengths_defaulted = self.raw_features(mv, req, candidates, fetched)
+        shared, per_row, video_len, lengths_defaulted = raw_features(mv.transform, req, candidates, fetched.user,
+                                                                     fetched.items)  # fmt: skip
         encoded = self._encoded(mv, req, candidates, shared, per_row)
 
         t2 = time.perf_counter()
@@ -167,29 +168,3 @@ class Ranker:
                                f"weights.{task}")  # fmt: skip
             weights[task] = w
         return weights
-
-    @staticmethod
-    def raw_features(mv: ModelVersion, req: RankRequest, candidates: Candidates,
-                     fetched: Fetched) -> tuple[dict, dict, np.ndarray, int]:  # fmt: skip
-        """Shared (user + context) and per-candidate raw values (the request wins over the store),
-        the candidates' video lengths, and how many lengths took the schema's default."""
-        by_source = mv.transform.by_source
-        id_features = mv.transform.from_id
-        stored_user = fetched.user or {}
-        shared: dict[str, Any] = {}
-        for name in by_source["user"]:
-            shared[name] = req.user.id if name in id_features else req.user.features.get(name, stored_user.get(name))
-        for name in by_source["context"]:
-            shared[name] = req.context.get(name)
-
-        stored_items = [s or EMPTY for s in fetched.items]
-        video_len, defaulted = candidates.video_len(stored_items, mv.transform.dense_defaults.get(VIDEO_LEN))
-        per_row: dict[str, Any] = {}
-        for name in by_source["item"]:
-            if name in id_features:
-                per_row[name] = candidates.ids
-            elif name == VIDEO_LEN:
-                per_row[name] = video_len
-            else:
-                per_row[name] = candidates.feature(name, stored_items)
-        return shared, per_row, video_len, defaulted
