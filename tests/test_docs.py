@@ -104,6 +104,9 @@ def test_the_readme_layout_names_every_folder_and_module():
     files = [f for f in listed.stdout.decode().split("\0") if f]
     folders = {f.split("/", 1)[0] for f in files if "/" in f and not f.startswith(".")}
     assert all(f"{folder}/" in layout for folder in folders), sorted(f for f in folders if f"{f}/" not in layout)
+    packages = {f.split("/")[1] for f in files if f.startswith(("service/", "training/")) and f.endswith("/__init__.py")
+                and f.count("/") == 2}  # fmt: skip
+    assert all(f"{p}/" in layout for p in packages), sorted(p for p in packages if f"{p}/" not in layout)
     modules = {Path(f).stem for f in files if f.endswith(".py") and f.count("/") <= 2
                and f.split("/")[0] in ("contract", "service", "training") and "/routes/" not in f
                and not f.endswith(("__init__.py", "__main__.py"))}  # fmt: skip
