@@ -88,6 +88,8 @@ FULL_FILES = [
 
 
 def sha256(path: Path) -> str:
+    # contract.modelspec.sha256_file's twin: this file runs as a script on the standard library alone,
+    # before the venv (and pydantic, which contract needs) exists.
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
