@@ -12,7 +12,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.lifecycle.control import RedisControl, RoutingState
+from service.lifecycle.control import RedisControl
+from service.lifecycle.routing import RoutingState
 from service.settings import Settings
 from tests.conftest import REDIS_URL, wait_until
 

@@ -16,15 +16,14 @@ previous state on a history list (for rollback) and is announced, so each replic
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from dataclasses import dataclass
-from fractions import Fraction
 from typing import Callable, Protocol
 
 import orjson
 import redis
+
+from service.lifecycle.routing import ControlCorrupt, RoutingState, parse_version, state_from_keys
 
 log = logging.getLogger("ranker.control")
 
@@ -33,96 +32,6 @@ HISTORY_LIMIT = 50
 
 class ControlUnavailable(RuntimeError):
     """The shared state cannot be read or written (Redis is down)."""
-
-
-class ControlCorrupt(ValueError):
-    """A control key or history entry holds something no replica wrote (garbage, or an inconsistent
-    split): it is ignored, logged and counted; an admin change overwrites it."""
-
-
-MAX_VERSION = 10**9
-
-
-def _version(value: object) -> int:
-    """A version as stored: a positive integer, written as its digits (b"3", "3" or 3)."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    if isinstance(value, str) and value.isascii() and value.isdigit() and not value.startswith("0") and len(value) <= 9:
-        value = int(value)
-    if type(value) is not int or not 1 <= value <= MAX_VERSION:
-        raise ControlCorrupt(f"not a version: {str(value)[:40]!r}")
-    return value
-
-
-def _split(active: int, raw: object) -> dict[int, int] | None:
-    """A stored split, {version: share > 0} naming the active version, as bucket counts; None for none.
-    Shares are what every replica writes (count / N_BUCKETS); older replicas wrote normalised floats
-    (0.8999999999999999), which read back as the same counts."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or not raw:
-        raise ControlCorrupt(f"not a split: {str(raw)[:60]!r}")
-    weights: dict[int, float] = {}
-    for key, weight in raw.items():
-        if type(weight) not in (int, float) or not 0 < weight < math.inf:
-            raise ControlCorrupt(f"split weight of {str(key)[:20]!r} is not a number > 0: {str(weight)[:20]}")
-        weights[_version(key)] = float(weight)
-    if active not in weights:
-        raise ControlCorrupt(f"the split does not include the active version {active}")
-    counts = {v: c for v, c in bucket_counts(weights).items() if c > 0}
-    if active not in counts:
-        raise ControlCorrupt(f"the active version {active} has less than one bucket in the split")
-    return counts
-
-
-N_BUCKETS = 10_000  # users hash into this many A/B buckets; a split gives each version a number of them
-
-
-def bucket_counts(weights: dict[int, float]) -> dict[int, int]:
-    """Weights (>= 0, at least one > 0) as whole buckets out of N_BUCKETS, summing to it exactly:
-    each version gets the floor of its exact share, the buckets left over go to the largest
-    remainders (largest remainder method; ties to the lower version). Exact fractions, so 0.9/0.1
-    is 9000/1000 (share 0.9, not 0.8999999999999999) and weights near 1e308 cannot overflow."""
-    exact = {v: Fraction(w) for v, w in weights.items()}
-    total = sum(exact.values())
-    scaled = {v: w * N_BUCKETS / total for v, w in exact.items()}
-    counts = {v: math.floor(x) for v, x in scaled.items()}
-    left = N_BUCKETS - sum(counts.values())
-    for v in sorted(scaled, key=lambda v: (counts[v] - scaled[v], v))[:left]:
-        counts[v] += 1
-    return counts
-
-
-@dataclass(frozen=True)
-class RoutingState:
-    active: int
-    split: dict[int, int] | None = None  # A/B buckets per version, summing to N_BUCKETS; or None
-
-    def buckets(self) -> dict[int, int]:
-        return dict(self.split) if self.split else {self.active: N_BUCKETS}
-
-    def weights(self) -> dict[int, float]:
-        """Each version's share of users: count / N_BUCKETS, so 9000 buckets read 0.9 exactly."""
-        return {v: c / N_BUCKETS for v, c in self.buckets().items()}
-
-    def stored_split(self) -> dict[str, float] | None:
-        """The split as JSON keeps it: shares, which older replicas read as weights."""
-        return {str(v): w for v, w in self.weights().items()} if self.split else None
-
-    def to_json(self) -> bytes:
-        return orjson.dumps({"active": self.active, "split": self.stored_split()})
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> "RoutingState":
-        """A history entry; ControlCorrupt for anything to_json could not have written."""
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ControlCorrupt(f"not JSON: {raw[:60]!r}") from None
-        if not isinstance(data, dict) or set(data) != {"active", "split"}:
-            raise ControlCorrupt(f"not a routing state: {raw[:60]!r}")
-        active = _version(data["active"])
-        return cls(active, _split(active, data["split"]))
 
 
 OnChange = Callable[[str], None]  # called with a model name whose state may have changed
@@ -216,7 +125,7 @@ class RedisControl:
 
     def read(self, name: str) -> RoutingState | None:
         try:
-            return _parse(*self.client.mget([self._key(name, "active"), self._key(name, "split")]))
+            return state_from_keys(*self.client.mget([self._key(name, "active"), self._key(name, "split")]))
         except redis.ResponseError as exc:  # WRONGTYPE: a key of another type under our name
             raise ControlCorrupt(str(exc)) from exc
         except redis.RedisError as exc:
@@ -291,7 +200,7 @@ class RedisControl:
     def _read_in(self, pipe, name: str) -> RoutingState | None:
         """The current state inside a transaction; garbage reads as no state (it is overwritten)."""
         try:
-            return _parse(pipe.get(self._key(name, "active")), pipe.get(self._key(name, "split")))
+            return state_from_keys(pipe.get(self._key(name, "active")), pipe.get(self._key(name, "split")))
         except (ControlCorrupt, redis.ResponseError) as exc:
             log.warning("control state of %s was garbage (%s); overwritten", name, exc)
             self.on_problem("corrupt_state")
@@ -382,21 +291,6 @@ class RedisControl:
             _safely(on_change, name)
 
 
-def _parse(active: bytes | None, split: bytes | None) -> RoutingState | None:
-    """The state stored under the active and split keys (None when no version was ever set);
-    ControlCorrupt for values no replica writes."""
-    if active is None:
-        return None
-    version = _version(active)
-    if split is None:
-        return RoutingState(version)
-    try:
-        weights = orjson.loads(split)
-    except orjson.JSONDecodeError:
-        raise ControlCorrupt(f"split is not JSON: {split[:60]!r}") from None
-    return RoutingState(version, _split(version, weights))
-
-
 def _announced_model(data: object) -> tuple[str | None, int | None]:
     """The model named by a message on the channel ({"model": name}, or {"model": name, "unload":
     version}) and the version to unload; (None, None) for anything else."""
@@ -410,7 +304,7 @@ def _announced_model(data: object) -> tuple[str | None, int | None]:
     if "unload" not in message:
         return name, None
     try:
-        return name, _version(message["unload"])
+        return name, parse_version(message["unload"])
     except ControlCorrupt:
         return None, None
 

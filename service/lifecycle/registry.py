@@ -19,11 +19,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from service.lifecycle.control import (N_BUCKETS, ControlCorrupt, ControlPlane, ControlUnavailable, RollbackRefused,
-                                       RoutingState, bucket_counts)
+from service.lifecycle.control import ControlPlane, ControlUnavailable, RollbackRefused
 from service.lifecycle.repository import (LoadError, ModelVersion, Repository, VersionEntry, VersionState,
                                           folder_signature, load_version, release_memory)
-from service.lifecycle.routing import Routing, startup_order, user_bucket
+from service.lifecycle.routing import (N_BUCKETS, ControlCorrupt, Routing, RoutingState, bucket_counts, startup_order,
+                                       user_bucket)
 from service.lifecycle.watcher import Watcher
 from service.observability.metrics import Metrics
 from service.problems import Conflict, InvalidInput, NotFound, Problem, Unavailable

@@ -14,9 +14,9 @@ import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from service.lifecycle.control import ControlCorrupt, ControlUnavailable
+from service.lifecycle.control import ControlUnavailable
 from service.lifecycle.repository import VersionState, folder_signature
-from service.lifecycle.routing import startup_order
+from service.lifecycle.routing import ControlCorrupt, startup_order
 
 if TYPE_CHECKING:
     from service.lifecycle.registry import Registry

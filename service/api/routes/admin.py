@@ -9,7 +9,7 @@ from contract.modelspec import NAME_PATTERN
 from service.api.deps import RegistryDep, SettingsDep
 from service.api.errors import ApiError
 from service.api.jsonbody import JSONRoute
-from service.lifecycle.control import RoutingState
+from service.lifecycle.routing import RoutingState
 from service.lifecycle.repository import VersionState
 from service.schemas import ActivateRequest, RoutingResponse, SplitRequest, error_responses
 
