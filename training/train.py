@@ -7,7 +7,9 @@ seed, data and thread count give the same model. The loop is fed by an `EpochBat
 the encoded data set in memory (`run_training`) or a Parquet file read chunk by chunk
 (`run_parquet_training`). It trains on `device` (auto: CUDA when there is a GPU); per-epoch
 validation runs there too, then the kept model goes back to the CPU for the final metrics and the
-export. Under torchrun it runs data-parallel (training/distributed.py).
+export. Under torchrun it runs data-parallel (training/distributed.py). About 300 lines: `fit`, the
+epoch loop with its device moves, loss weights, early stopping and history, is one function (~120
+lines) on purpose, read top to bottom; the helpers around it are what the tests and exporter call.
 """
 
 from __future__ import annotations
