@@ -18,7 +18,7 @@ Prints medians over the runs and writes bench/results/ab_rank.json (or --out NAM
     python -m bench.ab_rank main . --http [--threads 0,1] [--http-size 500] [--seconds 5]
 
 A revision is exported with `git archive`, and its `service` package is imported from there; "."
-is the working tree. Parsing is the route's at that revision: service.api.jsonbody.loads where it
+is the working tree. Parsing is the route's at that revision: service.api.jsonbody.loads (service.jsonbody before the subpackages) where it
 exists, else json.loads (FastAPI's reader), then the schema's validation.
 """
 
@@ -49,8 +49,11 @@ def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
 
     try:
         from service.api.jsonbody import loads
-    except ImportError:  # revisions before service.api.jsonbody: FastAPI's reader
-        loads = json.loads
+    except ImportError:
+        try:  # revisions before service/ had subpackages
+            from service.jsonbody import loads  # type: ignore[no-redef]
+        except ImportError:  # revisions before service.jsonbody: FastAPI's reader
+            loads = json.loads
 
     def serve(body: bytes) -> None:
         orjson.dumps(ranker.rank(RankRequest.model_validate(loads(body)), {}), option=orjson.OPT_SERIALIZE_NUMPY)

@@ -20,6 +20,7 @@ from service.observability.livestats import LiveStats
 from service.observability.metrics import Metrics, RequestMetricsMiddleware
 from service.observability.tracing import Tracing, from_environment
 from service.ranking.ranker import Ranker
+from service.ranking.shadow import ShadowScorer
 from service.settings import Settings
 
 log = logging.getLogger("ranker")
@@ -61,7 +62,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             feature_log = FeatureLog(redis_client(settings.redis_url, 1.0), settings.redis_prefix, settings.log_sample,
                                      settings.log_stream_maxlen, settings.log_queue, metrics_)  # fmt: skip
         app.state.registry = registry
-        app.state.ranker = Ranker(registry, store, settings, metrics_, feature_log)
+        shadow = ShadowScorer(metrics_, settings.shadow_queue)
+        app.state.ranker = Ranker(registry, store, settings, metrics_, feature_log, shadow)
         providers = sorted({v.provider for v in registry.describe() if v.state == VersionState.READY})
         log.info("serving %s from %s; providers %s; feature store %s", [f"{v.name}/{v.version}"
                  for v in registry.describe() if v.active], settings.models_dir, providers, store.kind)  # fmt: skip
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             yield
         finally:
             registry.close()
+            shadow.close()
             if feature_log is not None:
                 feature_log.close()  # writes what is queued
             if tracing is not None:

@@ -190,3 +190,15 @@ class RoutingResponse(BaseModel):
     model: str
     active: int
     split: dict[int, float] | None = Field(description="each version's share of users (A/B buckets / 10,000)")
+
+
+class ShadowRequest(_Wire):
+    model_config = ConfigDict(**WIRE, json_schema_extra={"examples": [{"version": 5, "sample": 0.2}]})
+
+    version: Annotated[int, Field(ge=1, description="a ready version that takes no traffic")]
+    sample: Annotated[float, Field(gt=0, le=1, description="share of the model's requests it scores as well")] = 1.0
+
+
+class ShadowResponse(BaseModel):
+    model: str
+    shadow: ShadowRequest | None = Field(description="the version scoring in the shadow and its sample; null: none")

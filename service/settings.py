@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     log_sample: float = Field(0.0, ge=0, le=1)
     log_stream_maxlen: int = Field(1_000_000, ge=1)  # the stream is capped near this many records
     log_queue: int = Field(1024, ge=1)  # records waiting for Redis; past it they are dropped and counted
+    # Shadow scoring (docs/lifecycle.md#shadow-versions): sampled requests waiting for the shadow version;
+    # past it the shadow is skipped and counted, the request never waits.
+    shadow_queue: int = Field(64, ge=1)
     # The watcher loads version folders that appear: `explicit` waits for an admin call, `auto` also
     # routes to a newer one with the same interface, `off` does not watch. explicit by default: a
     # folder written to the repository (a test run, a staged candidate) must not take production

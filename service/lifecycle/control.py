@@ -1,16 +1,20 @@
-"""The control plane: which version of each model serves, and the A/B split, shared by replicas.
+"""The control plane: which version of each model serves, the A/B split and the shadow version,
+shared by replicas.
 
 State per model: the active version and an optional split ({version: weight}); routing follows
 the split when there is one, else sends everyone to the active version. Every change pushes the
 previous state on a history list (for rollback) and is announced, so each replica applies it.
+A shadow version ({version, sample}) is kept beside the routing, outside its history.
 
 - InProcessControl: one process, no Redis (the embedded default), same behaviour.
 - RedisControl: keys `<prefix>model:<name>:active` (the version), `<prefix>model:<name>:split`
-  (JSON shares per version, multiples of 1/10,000, absent when there is no split), `<prefix>model:<name>:history` (a list of earlier
-  states, newest first); changes are announced on the channel `<prefix>events` as
-  {"model": name}. A listener thread applies announcements within a second, and re-reads every key
-  after (re)connecting and every few seconds, so a replica that missed a message, started later or
-  lived through a Redis outage converges without a restart.
+  (JSON shares per version, multiples of 1/10,000, absent when there is no split),
+  `<prefix>model:<name>:history` (a list of earlier states, newest first) and
+  `<prefix>model:<name>:shadow` (JSON {"version", "sample"}, absent when none); changes are
+  announced on the channel `<prefix>events` as {"model": name}. A listener thread applies
+  announcements within a second, and re-reads every key after (re)connecting and every few
+  seconds, so a replica that missed a message, started later or lived through a Redis outage
+  converges without a restart.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Callable, Protocol
 import orjson
 import redis
 
-from service.lifecycle.routing import ControlCorrupt, RoutingState, parse_version, state_from_keys
+from service.lifecycle.routing import ControlCorrupt, RoutingState, ShadowSetting, parse_version, state_from_keys
 
 log = logging.getLogger("ranker.control")
 
@@ -60,6 +64,10 @@ class ControlPlane(Protocol):
 
     def announce_unload(self, name: str, version: int) -> None: ...
 
+    def read_shadow(self, name: str) -> ShadowSetting | None: ...
+
+    def write_shadow(self, name: str, shadow: ShadowSetting | None) -> None: ...
+
     def start(
         self, on_change: OnChange, models: Callable[[], list[str]], on_unload: OnUnload | None = None
     ) -> None: ...
@@ -71,6 +79,7 @@ class InProcessControl:
     def __init__(self) -> None:
         self._state: dict[str, RoutingState] = {}
         self._history: dict[str, list[RoutingState]] = {}
+        self._shadows: dict[str, ShadowSetting] = {}
         self._lock = threading.Lock()
 
     def read(self, name: str) -> RoutingState | None:
@@ -100,6 +109,15 @@ class InProcessControl:
 
     def announce_unload(self, name: str, version: int) -> None:
         pass  # one process: nobody else holds a copy
+
+    def read_shadow(self, name: str) -> ShadowSetting | None:
+        return self._shadows.get(name)
+
+    def write_shadow(self, name: str, shadow: ShadowSetting | None) -> None:
+        if shadow is None:
+            self._shadows.pop(name, None)
+        else:
+            self._shadows[name] = shadow
 
     def start(self, on_change: OnChange, models: Callable[[], list[str]], on_unload: OnUnload | None = None) -> None:
         pass  # one process: the registry applies its own writes
@@ -220,6 +238,29 @@ class RedisControl:
         try:
             # WATCH the keys: a concurrent change from another replica makes this one retry.
             self.client.transaction(change, *keys)
+        except redis.RedisError as exc:
+            raise ControlUnavailable(str(exc)) from exc
+
+    # ---- the shadow version (not part of the routing history: a rollback leaves it alone) ----
+
+    def read_shadow(self, name: str) -> ShadowSetting | None:
+        try:
+            return ShadowSetting.from_json(self.client.get(self._key(name, "shadow")))
+        except redis.ResponseError as exc:
+            raise ControlCorrupt(str(exc)) from exc
+        except redis.RedisError as exc:
+            raise ControlUnavailable(str(exc)) from exc
+
+    def write_shadow(self, name: str, shadow: ShadowSetting | None) -> None:
+        """Set or clear the shadow and announce it: every replica re-reads the model's keys."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            if shadow is None:
+                pipe.delete(self._key(name, "shadow"))
+            else:
+                pipe.set(self._key(name, "shadow"), shadow.to_json())
+            pipe.publish(self.channel, orjson.dumps({"model": name}))
+            pipe.execute()
         except redis.RedisError as exc:
             raise ControlUnavailable(str(exc)) from exc
 

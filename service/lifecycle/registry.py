@@ -24,6 +24,7 @@ from service.lifecycle.repository import (LoadError, ModelVersion, Repository, V
                                           folder_signature, load_version, release_memory)
 from service.lifecycle.routing import (N_BUCKETS, ControlCorrupt, Routing, RoutingState, bucket_counts, startup_order,
                                        user_bucket)
+from service.lifecycle.shadows import Shadows
 from service.lifecycle.watcher import Watcher
 from service.observability.metrics import Metrics
 from service.problems import Conflict, InvalidInput, NotFound, Problem, Unavailable
@@ -55,6 +56,7 @@ class VersionInfo:
     tasks: list[str] | None = None
     default_weights: dict[str, float] | None = None
     load_seconds: float | None = None
+    shadow_sample: float | None = None  # the share of the model's requests this version shadows
     reason: str | None = None
 
     def as_dict(self) -> dict:
@@ -73,6 +75,7 @@ class Registry:
         self._corrupt: dict[str, str] = {}  # model -> the garbage last seen in its control keys (logged once)
         self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
         self.watcher = Watcher(self)
+        self.shadows = Shadows(self)
 
     # ---- lifecycle ----
 
@@ -90,6 +93,13 @@ class Registry:
     def _start_model(self, name: str) -> None:
         versions = self.versions_on_disk(name)
         self.watcher.mark_handled(name, versions)
+        self._start_routing(name, versions)
+        try:
+            self.shadows.sync(name)
+        except ControlUnavailable:
+            pass  # the control listener reads it once Redis answers
+
+    def _start_routing(self, name: str, versions: list[int]) -> None:
         shared, corrupt = None, False
         try:
             shared = self.control.read(name)
@@ -232,6 +242,7 @@ class Registry:
 
     def sync_from_control(self, name: str) -> None:
         """Apply the shared state of `name` (called by the control plane's listener)."""
+        self.shadows.sync(name)
         try:
             state = self.control.read(name)
         except ControlCorrupt as exc:
@@ -257,7 +268,7 @@ class Registry:
                 raise Unavailable("control_unavailable", f"cannot share the change with replicas: {exc}") from None
             log.warning("could not record %s's routing in the control plane: %s", name, exc)
 
-    def _ready_entry(self, name: str, version: int) -> VersionEntry:
+    def ready_entry(self, name: str, version: int) -> VersionEntry:
         entry = self._entries.get(name, {}).get(version)
         if entry is None:
             raise NotFound("version_not_found", f"{name}/{version} is not loaded", "version")
@@ -279,7 +290,7 @@ class Registry:
 
     def activate(self, name: str, version: int, allow_interface_change: bool = False) -> RoutingState:
         with self._locks[name]:
-            self._ready_entry(name, version)
+            self.ready_entry(name, version)
             self._check_interface(name, [version], allow_interface_change)
             state = RoutingState(version)
             self._write_control(name, state)
@@ -301,7 +312,7 @@ class Registry:
                 raise InvalidInput("invalid_split", f"a split must include the active version {current.state.active} "
                                f"with a weight > 0; to move everyone to another version, activate it", "weights")  # fmt: skip
             for version in weights:
-                self._ready_entry(name, version)
+                self.ready_entry(name, version)
             self._check_interface(name, weights, allow_interface_change)
             counts = bucket_counts(weights)
             for version in sorted(counts):
@@ -389,7 +400,7 @@ class Registry:
 
     def pinned(self, name: str, version: int) -> ModelVersion:
         """A named, ready version (404 if unknown, 409 if loading or failed)."""
-        handle = self._ready_entry(name, version).handle
+        handle = self.ready_entry(name, version).handle
         assert handle is not None
         return handle
 
@@ -413,9 +424,11 @@ class Registry:
         for model in sorted(self._entries) if name is None else [name]:
             routing = self._routing.get(model)
             weights = routing.state.weights() if routing else {}
+            shadow = self.shadows.setting(model)
             for version, entry in sorted(self._entries.get(model, {}).items()):
                 info = VersionInfo(model, version, entry.state, routing is not None and routing.state.active == version,
-                                   weights.get(version, 0.0), reason=entry.reason)  # fmt: skip
+                                   weights.get(version, 0.0), reason=entry.reason,
+                                   shadow_sample=shadow.sample if shadow and shadow.version == version else None)  # fmt: skip
                 if entry.handle is not None:
                     spec, engine = entry.handle.spec, entry.handle.engine.describe()
                     change = self.interface_change(model, entry.handle)

@@ -106,6 +106,34 @@ class RoutingState:
         return cls(active, parse_split(active, data["split"]))
 
 
+@dataclass(frozen=True)
+class ShadowSetting:
+    """A version that scores a sampled share of a model's requests off the request path, for
+    comparison only: its answers never reach a client."""
+
+    version: int
+    sample: float  # share of requests, in (0, 1]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"version": self.version, "sample": self.sample})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | None) -> "ShadowSetting | None":
+        """The stored setting (None when none is stored); ControlCorrupt for what no replica writes."""
+        if raw is None:
+            return None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ControlCorrupt(f"shadow is not JSON: {raw[:60]!r}") from None
+        if not isinstance(data, dict) or set(data) != {"version", "sample"}:
+            raise ControlCorrupt(f"not a shadow setting: {raw[:60]!r}")
+        sample = data["sample"]
+        if type(sample) not in (int, float) or not 0 < sample <= 1:
+            raise ControlCorrupt(f"shadow sample is not in (0, 1]: {str(sample)[:20]}")
+        return cls(parse_version(data["version"]), float(sample))
+
+
 def state_from_keys(active: bytes | None, split: bytes | None) -> RoutingState | None:
     """The state stored under the active and split keys (None when no version was ever set);
     ControlCorrupt for values no replica writes."""

@@ -138,6 +138,8 @@ class Snapshot:
     errors: dict[str, float]  # ranker_errors_total by kind
     degraded: float
     versions: dict[tuple[str, str], VersionSnapshot] = field(default_factory=dict)  # by (model, version)
+    shadows: dict[tuple[str, str, str], ShadowSnapshot] = field(default_factory=dict)  # by (model, serving, shadow)
+    shadow_outcomes: dict[tuple[str, str], float] = field(default_factory=dict)  # by (model, outcome)
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,27 @@ def version_snapshots(families: list[Metric]) -> dict[tuple[str, str], VersionSn
     return out
 
 
+@dataclass(frozen=True)
+class ShadowSnapshot:
+    """One (serving, shadow) pair's cumulative comparisons."""
+
+    overlap: Histo
+    correlation: Histo
+    difference: dict[str, Histo]  # per task
+    inference: Histo  # the shadow version's
+
+
+def shadow_snapshots(families: list[Metric]) -> dict[tuple[str, str, str], ShadowSnapshot]:
+    pair = ("model", "serving", "shadow")
+    overlap = histograms_by(families, "ranker_shadow_top10_overlap", pair)
+    correlation = histograms_by(families, "ranker_shadow_rank_correlation", pair)
+    difference = histograms_by(families, "ranker_shadow_abs_difference", (*pair, "task"))
+    inference = histograms_by(families, "ranker_shadow_inference_duration_seconds", ("model", "version"))
+    return {key: ShadowSnapshot(overlap[key], correlation.get(key, EMPTY),
+                                {k[3]: h for k, h in difference.items() if k[:3] == key},
+                                inference.get((key[0], key[2]), EMPTY)) for key in overlap}  # fmt: skip
+
+
 def take_snapshot(registry: CollectorRegistry, at: float) -> Snapshot:
     families = list(registry.collect())  # one pass over the registry, read several times below
 
@@ -185,6 +208,8 @@ def take_snapshot(registry: CollectorRegistry, at: float) -> Snapshot:
         errors=read_counter(families, "ranker_errors", "kind"),
         degraded=sum(read_counter(families, "ranker_degraded_requests", "reason").values()),
         versions=version_snapshots(families),
+        shadows=shadow_snapshots(families),
+        shadow_outcomes=counters_by(families, "ranker_shadow_requests", ("model", "outcome")),
     )
 
 
@@ -214,6 +239,28 @@ def summarize(old: Snapshot, new: Snapshot) -> dict:
         "degraded_per_s": (new.degraded - old.degraded) / elapsed,
         "versions": [summarize_version(key, old.versions.get(key), v, elapsed) for key, v in sorted(new.versions.items(),
                      key=lambda kv: (kv[0][0], int(kv[0][1])))],  # fmt: skip
+        "shadows": [summarize_shadow(key, old, new, elapsed) for key in sorted(new.shadows)],
+    }
+
+
+def summarize_shadow(key: tuple[str, str, str], old: Snapshot, new: Snapshot, elapsed: float) -> dict:
+    """One (serving, shadow) pair over the window: how far the shadow's answers were from the served
+    ones (means), its inference time, and the model's shadow requests skipped or failed."""
+    was = old.shadows.get(key) or ShadowSnapshot(EMPTY, EMPTY, {}, EMPTY)
+    now = new.shadows[key]
+    overlap, correlation, inference = now.overlap - was.overlap, now.correlation - was.correlation, now.inference - was.inference
+    outcomes = {o: v - old.shadow_outcomes.get((m, o), 0.0) for (m, o), v in new.shadow_outcomes.items() if m == key[0]}
+    return {
+        "model": key[0],
+        "serving": int(key[1]),
+        "shadow": int(key[2]),
+        "compared_per_s": overlap.count / elapsed,
+        "top10_overlap": _ratio(overlap.sum, overlap.count),
+        "rank_correlation": _ratio(correlation.sum, correlation.count),
+        "abs_difference": {t: _ratio((h - was.difference.get(t, EMPTY)).sum, (h - was.difference.get(t, EMPTY)).count)
+                           for t, h in sorted(now.difference.items())},  # fmt: skip
+        "inference_ms": {"p50": _ms(histogram_quantile(0.5, inference)), "p99": _ms(histogram_quantile(0.99, inference))},
+        "skipped_per_s": sum(v for o, v in outcomes.items() if o != "scored") / elapsed,
     }
 
 

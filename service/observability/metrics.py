@@ -32,6 +32,12 @@ LATENCY_BUCKETS = (
 # Load + check + warm-up of a version: tens of milliseconds for a small model, seconds on a GPU.
 LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 CANDIDATE_BUCKETS = (1, 10, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 4000)
+# Shadow comparisons: agreement near 1 is what matters, so the top buckets are fine. No bound below
+# 0 (a negative correlation counts in le="0.0"): prometheus-client drops _sum when one is, and _sum
+# / _count is the mean the dashboard shows.
+OVERLAP_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CORRELATION_BUCKETS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.999, 1.0)
+DIFFERENCE_BUCKETS = (0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def multiprocess_dir() -> str | None:
@@ -104,6 +110,25 @@ class Metrics:
         # a binary task), which shows a version that predicts differently before its outcomes do.
         self.predicted = Counter("ranker_predicted_value", "sum of the per-task predictions over scored candidates",
                                  ["model", "version", "task"], registry=r)  # fmt: skip
+        # Shadow scoring (service.ranking.shadow): each sampled request has one outcome: "scored",
+        # "queue_full" (skipped: the shadow worker is behind), "failed" (the shadow raised),
+        # "not_loaded" (the shadow version is not loaded here). Then, per (serving, shadow) pair,
+        # how far the shadow's answer is from the one the client got.
+        self.shadow_requests = Counter("ranker_shadow_requests_total", "requests sampled for a shadow version, by outcome",
+                                       ["model", "outcome"], registry=r)  # fmt: skip
+        self.shadow_inference = Histogram("ranker_shadow_inference_duration_seconds",
+                                          "the shadow version's ONNX Runtime time per call", ["model", "version"],
+                                          buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        pair = ["model", "serving", "shadow"]
+        self.shadow_overlap = Histogram("ranker_shadow_top10_overlap",
+                                        "share of the served top 10 that is also in the shadow's top 10", pair,
+                                        buckets=OVERLAP_BUCKETS, registry=r)  # fmt: skip
+        self.shadow_correlation = Histogram("ranker_shadow_rank_correlation",
+                                            "Spearman correlation of the served and the shadow order of all candidates",
+                                            pair, buckets=CORRELATION_BUCKETS, registry=r)  # fmt: skip
+        self.shadow_difference = Histogram("ranker_shadow_abs_difference",
+                                           "mean |served - shadow| of a task's output over a request's candidates",
+                                           [*pair, "task"], buckets=DIFFERENCE_BUCKETS, registry=r)  # fmt: skip
 
     def close(self) -> None:
         """A worker stopping: its live gauges (requests in flight) leave the sum; its counters stay."""

@@ -24,6 +24,7 @@ from service.observability.metrics import Metrics
 from service.problems import InvalidInput, TooLarge
 from service.ranking import jsonrows
 from service.ranking.candidates import Candidates, raw_features
+from service.ranking.shadow import ShadowJob, ShadowScorer
 from service.schemas import RankRequest
 from service.settings import Settings
 
@@ -32,9 +33,9 @@ log = logging.getLogger("ranker")
 
 class Ranker:
     def __init__(self, registry: Registry, store: FeatureStore, settings: Settings, metrics: Metrics,
-                 feature_log: FeatureLog | None = None):  # fmt: skip
+                 feature_log: FeatureLog | None = None, shadow: ShadowScorer | None = None):  # fmt: skip
         self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
-        self.feature_log = feature_log
+        self.feature_log, self.shadow = feature_log, shadow
 
     def rank(self, req: RankRequest, stages: dict[str, float] | None = None,
              served: dict[str, ModelVersion] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -73,6 +74,11 @@ class Ranker:
             field = "video_len_transform" if req.video_len_transform else f"candidates[{exc.index}].video_len"
             raise InvalidInput("score_overflow", f"candidates[{exc.index}]: {exc}; choose a length or transform "
                            "parameters that keep f(video_len) below 1e308", field) from None  # fmt: skip
+        if self.shadow is not None:
+            shadow = self.registry.shadows.pick(mv.name)
+            if shadow is not None and shadow is not mv:
+                self.shadow.offer(ShadowJob(mv, shadow, req, candidates, fetched.user, fetched.items, values,
+                                            ranking.log_score, weights))  # fmt: skip
         request_id = req.request_id
         if self.feature_log is not None and self.feature_log.sampled():
             request_id = request_id or uuid.uuid4().hex  # the id feedback will name this impression by

@@ -1,4 +1,4 @@
-"""Admin endpoints (docs/api.md): load, activate, rollback, unload, split. Bearer token required."""
+"""Admin endpoints (docs/api.md): load, activate, rollback, unload, split, shadow. Bearer token required."""
 
 import hmac
 from typing import Annotated, Any, Callable, Coroutine
@@ -11,7 +11,8 @@ from service.api.errors import ApiError
 from service.api.jsonbody import JSONRoute
 from service.lifecycle.routing import RoutingState
 from service.lifecycle.repository import VersionState
-from service.schemas import ActivateRequest, RoutingResponse, SplitRequest, error_responses
+from service.schemas import (ActivateRequest, RoutingResponse, ShadowRequest, ShadowResponse, SplitRequest,
+                             error_responses)
 
 
 def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
@@ -82,3 +83,18 @@ def unload(name: Name, version: Version, registry: RegistryDep) -> dict:
     """Release a version that receives no traffic."""
     registry.unload(name, version)
     return {"model": name, "version": version, "state": "unloaded"}
+
+
+@router.put("/{name}/shadow")
+def shadow(name: Name, body: ShadowRequest, registry: RegistryDep) -> ShadowResponse:
+    """Score a sampled share of the model's requests with a version that takes no traffic, off the
+    request path, and compare its answers with the served ones (metrics, dashboard; every replica)."""
+    setting = registry.shadows.set(name, body.version, body.sample)
+    return ShadowResponse(model=name, shadow=ShadowRequest(version=setting.version, sample=setting.sample))
+
+
+@router.delete("/{name}/shadow")
+def stop_shadow(name: Name, registry: RegistryDep) -> ShadowResponse:
+    """Stop shadow scoring for the model (on every replica)."""
+    registry.shadows.clear(name)
+    return ShadowResponse(model=name, shadow=None)
