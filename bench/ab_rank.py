@@ -18,8 +18,9 @@ Prints medians over the runs and writes bench/results/ab_rank.json (or --out NAM
     python -m bench.ab_rank main . --http [--threads 0,1] [--http-size 500] [--seconds 5]
 
 A revision is exported with `git archive`, and its `service` package is imported from there; "."
-is the working tree. Parsing is the route's at that revision: service.api.jsonbody.loads (service.jsonbody before the subpackages) where it
-exists, else json.loads (FastAPI's reader), then the schema's validation.
+is the working tree. Parsing is the route's at that revision: service.api.jsonbody.loads
+(service.jsonbody before the subpackages) where it exists, else json.loads (FastAPI's reader),
+then the schema's validation.
 """
 
 from __future__ import annotations
