@@ -8,6 +8,8 @@ the service path in alternating blocks of 10 calls. Per run and size it records:
   ratio           service_p50_ms / bare_p50_ms
   python_cpu_ms   the same path with inference answered from a cache, in CPU time of the thread:
                   the Python around the model, which preemption by other processes barely moves
+  python_calls    Python function calls per request on that path (cProfile): deterministic, so a
+                  change in the Python a request runs shows even where the timings are noise
 With --http, each revision also runs as a `ranker-serve` process (one per --threads value of
 RANKER_INTRA_OP_THREADS), all up at once and measured in turn each round with bench/loadgen.py:
   seq_p50_ms      p50 of sequential requests (one connection): latency at low load
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import json
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -81,11 +85,17 @@ def child(models: Path, features: Path, sizes: list[int], repeat: int) -> dict:
                 serve(body)
                 if i >= 20:
                     cpu.append(time.thread_time() - t0)
+            calls = cProfile.Profile()
+            calls.enable()
+            for _ in range(20):
+                serve(body)
+            calls.disable()
             mv.engine.run = engine_run
             b = statistics.median(t for t, _ in bare) * 1e3
             s = statistics.median(t for t, _ in service) * 1e3
             out[str(n)] = {"bare_p50_ms": b, "service_p50_ms": s, "ratio": s / b,
-                           "python_cpu_ms": statistics.median(cpu) * 1e3}  # fmt: skip
+                           "python_cpu_ms": statistics.median(cpu) * 1e3,
+                           "python_calls": pstats.Stats(calls).total_calls / 20}  # fmt: skip
     return out
 
 
@@ -134,12 +144,12 @@ def main() -> None:
         if args.http:
             http = compare_http(args, trees, Path(tmp))
 
-    keys = ("bare_p50_ms", "service_p50_ms", "ratio", "python_cpu_ms")
+    keys = ("bare_p50_ms", "service_p50_ms", "ratio", "python_cpu_ms", "python_calls")
     medians = {rev: {str(n): {k: statistics.median(run[str(n)][k] for run in rs) for k in keys} for n in sizes}
                for rev, rs in runs.items()}  # fmt: skip
     loads = [run["load_average_1m"] for rs in runs.values() for run in rs]
     print(f"\nin process: medians over {args.rounds} alternated runs; load average {min(loads):.2f}-{max(loads):.2f}")
-    print_table(["cands", "revision", "bare ORT", "service", "ratio", "Python CPU"],
+    print_table(["cands", "revision", "bare ORT", "service", "ratio", "Python CPU", "Python calls"],
                 [[n, rev, *(medians[rev][str(n)][k] for k in keys)] for n in sizes for rev in args.revs])  # fmt: skip
     result = {"revisions": {rev: _describe(rev) for rev in args.revs}, "rounds": args.rounds, "repeat": args.repeat,
               "medians": medians, "runs": runs}  # fmt: skip

@@ -10,8 +10,9 @@ from fastapi_offline import FastAPIOffline
 
 from service.api.errors import InternalErrorMiddleware, install_error_handlers
 from service.api.limits import BodyLimitMiddleware
-from service.api.routes import admin, dashboard, health, kserve, metrics, models, rank
+from service.api.routes import admin, dashboard, feedback, health, kserve, metrics, models, rank
 from service.features.featurelog import FeatureLog
+from service.features.feedback import FeedbackLog
 from service.features.store import FeatureStore, InProcessStore, RedisStore, load_tables, redis_client
 from service.lifecycle.control import ControlPlane, InProcessControl, RedisControl
 from service.lifecycle.engine import choose_providers
@@ -63,6 +64,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                                      settings.log_stream_maxlen, settings.log_queue, metrics_)  # fmt: skip
         app.state.registry = registry
         shadow = ShadowScorer(metrics_, settings.shadow_queue)
+        app.state.feedback = FeedbackLog(redis_client(settings.redis_url, 1.0) if settings.redis_url else None,
+                                         settings.redis_prefix, settings.log_stream_maxlen)  # fmt: skip
         app.state.ranker = Ranker(registry, store, settings, metrics_, feature_log, shadow)
         providers = sorted({v.provider for v in registry.describe() if v.state == VersionState.READY})
         log.info("serving %s from %s; providers %s; feature store %s", [f"{v.name}/{v.version}"
@@ -94,7 +97,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     app.state.tracing = tracing
     app.state.live_stats = LiveStats(metrics_.exposition)  # windows for the /dashboard page (every worker's)
     install_error_handlers(app)
-    routers = (rank.router, models.router, admin.router, kserve.router, health.router, metrics.router, dashboard.router)
+    routers = (rank.router, feedback.router, models.router, admin.router, kserve.router, health.router, metrics.router,
+               dashboard.router)  # fmt: skip
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)

@@ -202,3 +202,24 @@ class ShadowRequest(_Wire):
 class ShadowResponse(BaseModel):
     model: str
     shadow: ShadowRequest | None = Field(description="the version scoring in the shadow and its sample; null: none")
+
+
+# ---- feedback ----
+
+
+class FeedbackEvent(_Wire):
+    request_id: Annotated[str, Field(min_length=1, max_length=128, description="the ranking's request_id")]
+    item_id: Annotated[str, Field(min_length=1, max_length=256)]
+    task: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64, description="e.g. ctr, vtr, shr")]
+    value: Annotated[float, Field(allow_inf_nan=False, description="1 / 0 for a binary task, the measured value else")]
+
+
+class FeedbackRequest(_Wire):
+    model_config = ConfigDict(**WIRE, json_schema_extra={"examples": [{"events": [
+        {"request_id": "r-123", "item_id": "v42", "task": "ctr", "value": 1}]}]})  # fmt: skip
+
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int

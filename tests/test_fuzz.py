@@ -27,6 +27,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 from service.app import create_app
 from service.settings import Settings
+from tests.conftest import REDIS_URL
 
 CASES = int(os.environ.get("RANKER_FUZZ_CASES", "1000"))
 TOKEN = "fuzz-token"
@@ -61,10 +62,12 @@ def variants(operation):
             yield f"{operation.method.upper()} {operation.path} {mode.value} {auth}".strip(), strategy, headers
 
 
-def test_fuzzed_requests_get_documented_answers_and_never_a_5xx(trained, tmp_path):
+def test_fuzzed_requests_get_documented_answers_and_never_a_5xx(trained, tmp_path, redis_prefix):
     models = tmp_path / "models"
     shutil.copytree(trained.models_dir, models)
-    app = create_app(Settings(models_dir=models, features_dir=None, watch="off", admin_token=TOKEN))
+    # With the real Redis (a prefix of the test's own): feedback and the control plane need it.
+    app = create_app(Settings(models_dir=models, features_dir=None, watch="off", admin_token=TOKEN,
+                              redis_url=REDIS_URL, redis_prefix=redis_prefix, feature_store="embedded"))  # fmt: skip
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     plan = [v for op in operations for v in variants(op)]

@@ -96,13 +96,13 @@ def test_a_slow_or_failing_shadow_never_delays_or_fails_a_request_and_a_full_que
     with TestClient(app_for(repo, shadow_queue=2)) as c:
         c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH)
         shadow = c.app.state.registry.handle("ple", 1)
-        release, run = threading.Event(), shadow.engine.run
+        release, run = threading.Event(), shadow.engine.run_background
 
         def stuck(inputs):
             release.wait(30)
             return run(inputs)
 
-        shadow.engine.run = stuck
+        shadow.engine.run_background = stuck
         c.put("/v1/admin/models/ple/shadow", json={"version": 1, "sample": 1.0}, headers=AUTH)
         answers = []
         sender = threading.Thread(target=lambda: answers.extend(c.post("/v1/rank", json=REQUEST) for _ in range(6)))
@@ -116,11 +116,11 @@ def test_a_slow_or_failing_shadow_never_delays_or_fails_a_request_and_a_full_que
         def broken(inputs):
             raise RuntimeError("shadow engine down")
 
-        shadow.engine.run = broken
+        shadow.engine.run_background = broken
         assert [c.post("/v1/rank", json=REQUEST).status_code for _ in range(3)] == [200] * 3
         wait_until(lambda: outcomes(c, "failed") == 3, 10, "three failed shadows")
 
-        shadow.engine.run = run
+        shadow.engine.run_background = run
         assert c.delete("/v1/admin/models/ple/versions/1", headers=AUTH).status_code == 200  # the shadow unloaded
         assert c.post("/v1/rank", json=REQUEST).status_code == 200
         assert outcomes(c, "not_loaded") == 1

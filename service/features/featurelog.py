@@ -1,7 +1,7 @@
 """Serving-time feature logging: for a sampled share of /v1/rank requests, what the model saw and
 said, written to a Redis Stream off the request path.
 
-A record holds the request id, the time, the user id, the model and version, the raw feature
+A record (contract.impressions, the format training reads back) holds the request id, the time, the user id, the model and version, the raw feature
 values after the store lookup and the defaults (exactly what the feature transform encoded:
 `shared` for the user and context, `per_row` per candidate, in the request's candidate order),
 each candidate's id and position in the answer, each task's output and the score. Re-encoding a
@@ -21,22 +21,16 @@ import queue
 import random
 import threading
 import time
-from typing import Any
 
-import numpy as np
 import orjson
 import redis
 
+from contract.impressions import IMPRESSIONS_STREAM
 from service.observability.metrics import Metrics
 
 log = logging.getLogger("ranker.featurelog")
 
-STREAM = "log:impressions"
-
-
-def plain(values: Any) -> Any:
-    """A column as JSON takes it: arrays to lists (object arrays hold strings, numbers and None)."""
-    return values.tolist() if isinstance(values, np.ndarray) else list(values)
+STREAM = IMPRESSIONS_STREAM
 
 
 class FeatureLog:
@@ -78,16 +72,3 @@ class FeatureLog:
         """Stop after writing what is queued (at most `timeout` seconds)."""
         self._stop.set()
         self._thread.join(timeout)
-
-
-def record(request_id: str, user_id: str, model: str, version: int, ids: list[str], shared: dict, per_row: dict,
-           outputs: dict[str, np.ndarray], order: np.ndarray, log_score: np.ndarray) -> dict:  # fmt: skip
-    """One logged request: the candidates in the request's order, `position` their rank in the answer (0 = first)."""
-    position = np.empty(len(ids), dtype=np.int64)
-    position[order] = np.arange(len(order))
-    return {
-        "request_id": request_id, "time": time.time(), "user_id": user_id, "model": model, "version": version,
-        "shared": shared, "per_row": {name: plain(values) for name, values in per_row.items()},
-        "candidates": {"id": list(ids), "position": position, "score": np.exp(log_score),
-                       "outputs": {task: np.asarray(v, dtype=np.float64) for task, v in outputs.items()}},
-    }  # fmt: skip

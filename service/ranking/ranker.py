@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract import impressions
 from contract.features import Encoded, FeatureValueError, usable_or_none
 from contract.scoring import Ranking, ScoreOverflow, rank
-from service.features import featurelog
 from service.features.featurelog import FeatureLog
 from service.features.store import FeatureStore
 from service.lifecycle.registry import ModelVersion, Registry
@@ -82,7 +82,7 @@ class Ranker:
         request_id = req.request_id
         if self.feature_log is not None and self.feature_log.sampled():
             request_id = request_id or uuid.uuid4().hex  # the id feedback will name this impression by
-            self.feature_log.offer(featurelog.record(request_id, req.user.id, mv.name, mv.version, candidates.ids, shared,
+            self.feature_log.offer(impressions.record(request_id, req.user.id, mv.name, mv.version, candidates.ids, shared,
                                                      per_row, values, ranking.order, ranking.log_score))  # fmt: skip
         body = {
             "request_id": request_id,

@@ -102,7 +102,7 @@ class ShadowScorer:
                                                      job.stored_items)  # fmt: skip
         inputs = shadow.transform.encode(len(job.candidates.ids), shared, per_row).as_inputs()
         t0 = time.perf_counter()
-        outputs = shadow.engine.run(inputs)
+        outputs = shadow.engine.run_background(inputs)
         self.metrics.shadow_inference.labels(shadow.name, str(shadow.version)).observe(time.perf_counter() - t0)
         values = {t.name: outputs[t.output] for t in shadow.spec.tasks}
         weights = {**shadow.spec.scoring.weights, **{t: w for t, w in job.weights.items() if t in values}}
