@@ -25,6 +25,7 @@ IMPRESSIONS_STREAM = "log:impressions"  # under the Redis prefix
 FEEDBACK_STREAM = "log:feedback"
 REQUEST_ID, TIME, USER_ID, MODEL, VERSION = "log.request_id", "log.time", "log.user_id", "log.model", "log.version"
 ITEM_ID, POSITION, SCORE = "log.item_id", "log.position", "log.score"
+RETURNED = "log.returned"  # the candidate was in the answer (position < the items returned: top_k)
 OUTPUT = "output."  # + task name
 
 
@@ -34,12 +35,15 @@ def plain(values: Any) -> Any:
 
 
 def record(request_id: str, user_id: str, model: str, version: int, ids: list[str], shared: dict, per_row: dict,
-           outputs: dict[str, np.ndarray], order: np.ndarray, log_score: np.ndarray) -> dict:  # fmt: skip
-    """One logged request: the candidates in the request's order, `position` their rank in the answer (0 = first)."""
+           outputs: dict[str, np.ndarray], order: np.ndarray, log_score: np.ndarray, returned: int | None = None
+           ) -> dict:  # fmt: skip
+    """One logged request: the candidates in the request's order, `position` their rank in the answer
+    (0 = first); `returned`, how many the answer held (top_k; all when None)."""
     position = np.empty(len(ids), dtype=np.int64)
     position[order] = np.arange(len(order))
     return {
         "request_id": request_id, "time": time.time(), "user_id": user_id, "model": model, "version": version,
+        "returned": len(ids) if returned is None else returned,
         "shared": shared, "per_row": {name: plain(values) for name, values in per_row.items()},
         "candidates": {"id": list(ids), "position": position, "score": np.exp(log_score),
                        "outputs": {task: np.asarray(v, dtype=np.float64) for task, v in outputs.items()}},
@@ -54,6 +58,7 @@ def rows(rec: dict) -> dict[str, list]:
         REQUEST_ID: [rec["request_id"]] * n, TIME: [rec["time"]] * n, USER_ID: [rec["user_id"]] * n,
         MODEL: [rec["model"]] * n, VERSION: [rec["version"]] * n, ITEM_ID: list(candidates["id"]),
         POSITION: list(candidates["position"]), SCORE: list(candidates["score"]),
+        RETURNED: [p < rec.get("returned", n) for p in candidates["position"]],
     }  # fmt: skip
     for task, values in candidates["outputs"].items():
         columns[OUTPUT + task] = list(values)

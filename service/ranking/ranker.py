@@ -82,8 +82,9 @@ class Ranker:
         request_id = req.request_id
         if self.feature_log is not None and self.feature_log.sampled():
             request_id = request_id or uuid.uuid4().hex  # the id feedback will name this impression by
+            returned = len(candidates.ids) if req.top_k is None else min(req.top_k, len(candidates.ids))
             self.feature_log.offer(impressions.record(request_id, req.user.id, mv.name, mv.version, candidates.ids, shared,
-                                                     per_row, values, ranking.order, ranking.log_score))  # fmt: skip
+                                                      per_row, values, ranking.order, ranking.log_score, returned))  # fmt: skip
         body = {
             "request_id": request_id,
             "model": mv.name,

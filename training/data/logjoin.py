@@ -8,13 +8,16 @@ tasks), and writes one Parquet file in the layout training/data/stream.py reads:
     python -m training.data.logjoin --logs logs --models models --model ple --out rows.parquet
     ranker-train --data parquet --path rows.parquet --model ple --out models
 
-Per shown candidate and task, the label is the value of the last feedback event for that request,
+A candidate the answer left out (past the request's top_k) was never shown and is no row. Per
+shown candidate and task, the label is the value of the last feedback event for that request,
 item and task within `--window-s` of the impression. A binary task without an event is a negative;
 a regression task without one has no label. A task whose sample space is another task
 (`sample_space` in model.json: share and comment exist only after a click) is in its space only
 where that task's label is positive. Feedback that names an unknown request id, an item that
 request did not show, a task the model lacks, or that came after the window is dropped and
-counted (printed, and returned by `join`).
+counted (printed, and returned by `join`). The logged version's outputs ride along as
+`output.<task>` (training reads only the feature, label and mask columns): its metrics on any
+split of the rows need no second inference.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def join(logs: Path, spec: ModelSpec, window_s: float = 3600.0) -> tuple[pa.Tabl
     shown = read_dir(Path(logs) / "impressions" / spec.name / str(spec.version))
     if shown is None:
         raise FileNotFoundError(f"no impressions of {spec.name}/{spec.version} under {logs}/impressions")
+    if imp.RETURNED in shown:  # a candidate the answer left out (past top_k) was never shown: no label
+        shown = shown[shown[imp.RETURNED].fillna(True).astype(bool)]
     shown = shown.rename(columns={imp.REQUEST_ID: "request_id", imp.ITEM_ID: "item_id", imp.TIME: "shown_at"})
     shown = shown.drop_duplicates(KEY, keep="first").reset_index(drop=True)
     events = read_dir(Path(logs) / "feedback")
@@ -94,6 +99,8 @@ def join(logs: Path, spec: ModelSpec, window_s: float = 3600.0) -> tuple[pa.Tabl
     for k, task in enumerate(spec.tasks):
         arrays[f"label.{task.name}"] = pa.array(labels[:, k])
         arrays[f"mask.{task.name}"] = pa.array(masks[:, k])
+        if imp.OUTPUT + task.name in shown:  # what the logged version predicted: its metrics on these rows
+            arrays[imp.OUTPUT + task.name] = pa.array(shown[imp.OUTPUT + task.name].to_numpy(np.float64))
     meta = {"name": f"logged:{spec.name}/{spec.version}",
             "description": f"impressions served by {spec.name}/{spec.version} joined with feedback within {window_s:g} s",
             "seed": None, "features": [f.model_dump() for f in spec.features], "tasks": [t.model_dump() for t in spec.tasks],

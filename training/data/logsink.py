@@ -42,7 +42,8 @@ log = logging.getLogger("ranker.logsink")
 GROUP = "ranker-log-sink"
 STREAMS = {"impressions": imp.IMPRESSIONS_STREAM, "feedback": imp.FEEDBACK_STREAM}
 TYPES = {imp.REQUEST_ID: pa.string(), imp.TIME: pa.float64(), imp.USER_ID: pa.string(), imp.MODEL: pa.string(),
-         imp.VERSION: pa.int64(), imp.ITEM_ID: pa.string(), imp.POSITION: pa.int64(), imp.SCORE: pa.float64()}  # fmt: skip
+         imp.VERSION: pa.int64(), imp.ITEM_ID: pa.string(), imp.POSITION: pa.int64(), imp.SCORE: pa.float64(),
+         imp.RETURNED: pa.bool_()}  # fmt: skip
 FEEDBACK_COLUMNS = {"request_id": pa.string(), "item_id": pa.string(), "task": pa.string(), "value": pa.float64(),
                     "time": pa.float64()}  # fmt: skip
 

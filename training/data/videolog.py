@@ -86,15 +86,63 @@ class VideoLog:
     videos: pd.DataFrame  # index video id ("v42"); item feature columns
     impressions: pd.DataFrame  # user_id, video_id, context columns, labels
     config: VideoLogConfig
+    world: World | None = None  # the ground truth behind the labels (simulate sets it)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def simulate(config: VideoLogConfig = VideoLogConfig()) -> VideoLog:
-    rng = np.random.default_rng(config.seed)
-    n_u, n_v, n_i, n_c = config.n_users, config.n_videos, config.n_impressions, len(CATEGORIES)
+@dataclass
+class World:
+    """The simulator's ground truth beyond the feature tables: what each user likes, how patient
+    they are, and each video's category, author tier, length and hidden quality. `react` draws
+    what users do with what they are shown, by the same equations as the simulated log."""
+
+    users: pd.DataFrame
+    videos: pd.DataFrame
+    taste: np.ndarray  # (users, categories)
+    patience: np.ndarray  # (users,)
+    watch_minutes: np.ndarray  # (users,): activity, how often a user appears
+    category: np.ndarray  # (videos,) index into CATEGORIES
+    author: np.ndarray  # (videos,) index into AUTHOR_TIERS
+    length: np.ndarray  # (videos,) seconds
+    quality: np.ndarray  # (videos,)
+    config: VideoLogConfig
+
+    def react(self, u: np.ndarray, v: np.ndarray, network: np.ndarray, hour: np.ndarray,
+              rng: np.random.Generator) -> dict[str, np.ndarray]:  # fmt: skip
+        """Per impression (user index, video index, network index, hour): click, long_view, completion
+        (NaN without a click), share, comment; the last three only after a click."""
+        config, n_i = self.config, len(u)
+        affinity = self.taste[u, self.category[v]]
+        log_len = np.log(self.length[v])
+        evening = ((hour >= 18) | (hour <= 1)).astype(float)
+        quality, author = self.quality[v], self.author[v]
+
+        rho = config.task_correlation
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError("task_correlation must lie in [0, 1]")
+        common = rng.standard_normal(n_i)
+
+        def engagement() -> np.ndarray:  # (N,) this task's share of the correlated latent noise
+            return config.noise_scale * (np.sqrt(rho) * common + np.sqrt(1.0 - rho) * rng.standard_normal(n_i))
+
+        p_click = _sigmoid(engagement() - 1.6 + 0.8 * affinity + 0.6 * quality - 0.15 * (log_len - 3.4) ** 2
+                           + 0.2 * evening - 0.2 * (network == 1))  # fmt: skip
+        click = rng.random(n_i) < p_click
+        completion_logit = (engagement() + 1.2 + 0.5 * affinity + 0.5 * quality + self.patience[u]
+                            - 0.9 * (log_len - 3.0) + rng.normal(0, 0.6, n_i))  # fmt: skip
+        vcr = _sigmoid(completion_logit)
+        long_view = rng.random(n_i) < _sigmoid(4.0 * (vcr - 0.7) + 0.3 * affinity)
+        share = rng.random(n_i) < _sigmoid(engagement() - 4.2 + 0.9 * affinity + 0.8 * quality + 1.0 * (vcr - 0.5))
+        comment = rng.random(n_i) < _sigmoid(engagement() - 3.8 + 0.6 * quality + 0.4 * affinity + 0.3 * author)
+        return {"click": click, "long_view": click & long_view, "completion": np.where(click, np.round(vcr, 4), np.nan),
+                "share": click & share, "comment": click & comment}  # fmt: skip
+
+
+def make_world(config: VideoLogConfig, rng: np.random.Generator) -> World:
+    n_u, n_v, n_c = config.n_users, config.n_videos, len(CATEGORIES)
 
     # Users: demographics shift taste; activity drives how often they appear.
     age = rng.integers(0, len(AGE_BUCKETS), n_u)
@@ -131,49 +179,31 @@ def simulate(config: VideoLogConfig = VideoLogConfig()) -> VideoLog:
         },
         index=pd.Index([f"v{i}" for i in range(n_v)], name="id"),
     )
+    return World(users, videos, taste, patience, watch_minutes, category, author, length, quality, config)
+
+
+def simulate(config: VideoLogConfig = VideoLogConfig()) -> VideoLog:
+    rng = np.random.default_rng(config.seed)
+    world = make_world(config, rng)
+    n_i = config.n_impressions
 
     # Impressions: active users and popular videos appear more often.
-    u = rng.choice(n_u, n_i, p=watch_minutes / watch_minutes.sum())
-    popularity = np.exp(quality) / np.exp(quality).sum()
-    v = rng.choice(n_v, n_i, p=popularity)
+    u = rng.choice(config.n_users, n_i, p=world.watch_minutes / world.watch_minutes.sum())
+    popularity = np.exp(world.quality) / np.exp(world.quality).sum()
+    v = rng.choice(config.n_videos, n_i, p=popularity)
     network = rng.choice(len(NETWORKS), n_i, p=[0.6, 0.3, 0.1])
     hour = (rng.normal(20, 4, n_i).round().astype(int)) % 24
-    affinity = taste[u, category[v]]
-    log_len = np.log(length[v])
-    evening = ((hour >= 18) | (hour <= 1)).astype(float)
-
-    rho = config.task_correlation
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError("task_correlation must lie in [0, 1]")
-    common = rng.standard_normal(n_i)
-
-    def engagement() -> np.ndarray:  # (N,) this task's share of the correlated latent noise
-        return config.noise_scale * (np.sqrt(rho) * common + np.sqrt(1.0 - rho) * rng.standard_normal(n_i))
-
-    p_click = _sigmoid(engagement() - 1.6 + 0.8 * affinity + 0.6 * quality[v] - 0.15 * (log_len - 3.4) ** 2
-                       + 0.2 * evening - 0.2 * (network == 1))  # fmt: skip
-    click = rng.random(n_i) < p_click
-    completion_logit = (engagement() + 1.2 + 0.5 * affinity + 0.5 * quality[v] + patience[u] - 0.9 * (log_len - 3.0)
-                        + rng.normal(0, 0.6, n_i))  # fmt: skip
-    vcr = _sigmoid(completion_logit)
-    long_view = rng.random(n_i) < _sigmoid(4.0 * (vcr - 0.7) + 0.3 * affinity)
-    share = rng.random(n_i) < _sigmoid(engagement() - 4.2 + 0.9 * affinity + 0.8 * quality[v] + 1.0 * (vcr - 0.5))
-    comment = rng.random(n_i) < _sigmoid(engagement() - 3.8 + 0.6 * quality[v] + 0.4 * affinity + 0.3 * author[v])
-
+    labels = world.react(u, v, network, hour, rng)
     impressions = pd.DataFrame(
         {
-            "user_id": users.index.values[u],
-            "video_id": videos.index.values[v],
+            "user_id": world.users.index.values[u],
+            "video_id": world.videos.index.values[v],
             "network": np.array(NETWORKS)[network],
             "hour": hour,
-            "click": click,
-            "long_view": click & long_view,
-            "completion": np.where(click, np.round(vcr, 4), np.nan),
-            "share": click & share,
-            "comment": click & comment,
+            **labels,
         }
     )
-    return VideoLog(users=users, videos=videos, impressions=impressions, config=config)
+    return VideoLog(users=world.users, videos=world.videos, impressions=impressions, config=config, world=world)
 
 
 def to_dataset(log: VideoLog) -> Dataset:
