@@ -170,3 +170,13 @@ def test_the_agreement_measures():
     b[[19, 0]] = b[[0, 19]]  # the best candidate falls to the bottom
     assert top_overlap(a, b) == 0.9
     assert top_overlap(a[:3], a[:3][::-1]) == 1.0  # fewer than 10 candidates: all of them are the top
+
+
+def test_garbage_in_the_shadow_key_is_counted_and_the_shadow_stays(repo, redis_prefix):
+    settings = {"redis_url": REDIS_URL, "redis_prefix": redis_prefix, "feature_store": "embedded", "control_resync_s": 0.3}
+    with TestClient(app_for(repo, **settings)) as c:
+        c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH)
+        c.put("/v1/admin/models/ple/shadow", json={"version": 1, "sample": 0.5}, headers=AUTH)
+        redis.Redis.from_url(REDIS_URL).set(f"{redis_prefix}model:ple:shadow", b'{"version": 1, "sample": 7}')
+        wait_until(lambda: sample(c, "ranker_control_events_total", event="corrupt_state") >= 1, 5, "the resync to see it")
+        assert shadow_row(c, 1) == 0.5 and c.post("/v1/rank", json=REQUEST).status_code == 200

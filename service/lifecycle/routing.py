@@ -74,6 +74,17 @@ def bucket_counts(weights: dict[int, float]) -> dict[int, int]:
     return counts
 
 
+def stored_object(raw: bytes | str, keys: set[str], what: str) -> dict:
+    """A JSON object with exactly `keys`, as a replica writes it; ControlCorrupt for anything else."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ControlCorrupt(f"{what} is not JSON: {raw[:60]!r}") from None
+    if not isinstance(data, dict) or set(data) != keys:
+        raise ControlCorrupt(f"not {what}: {raw[:60]!r}")
+    return data
+
+
 @dataclass(frozen=True)
 class RoutingState:
     active: int
@@ -96,12 +107,7 @@ class RoutingState:
     @classmethod
     def from_json(cls, raw: bytes | str) -> "RoutingState":
         """A history entry; ControlCorrupt for anything to_json could not have written."""
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ControlCorrupt(f"not JSON: {raw[:60]!r}") from None
-        if not isinstance(data, dict) or set(data) != {"active", "split"}:
-            raise ControlCorrupt(f"not a routing state: {raw[:60]!r}")
+        data = stored_object(raw, {"active", "split"}, "a routing state")
         active = parse_version(data["active"])
         return cls(active, parse_split(active, data["split"]))
 
@@ -122,12 +128,7 @@ class ShadowSetting:
         """The stored setting (None when none is stored); ControlCorrupt for what no replica writes."""
         if raw is None:
             return None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ControlCorrupt(f"shadow is not JSON: {raw[:60]!r}") from None
-        if not isinstance(data, dict) or set(data) != {"version", "sample"}:
-            raise ControlCorrupt(f"not a shadow setting: {raw[:60]!r}")
+        data = stored_object(raw, {"version", "sample"}, "a shadow setting")
         sample = data["sample"]
         if type(sample) not in (int, float) or not 0 < sample <= 1:
             raise ControlCorrupt(f"shadow sample is not in (0, 1]: {str(sample)[:20]}")

@@ -29,6 +29,7 @@ class Shadows:
     def __init__(self, registry: Registry):
         self.registry = registry
         self._settings: dict[str, ShadowSetting] = {}
+        self._corrupt: dict[str, str] = {}  # model -> the garbage last seen in its shadow key (logged once)
 
     def setting(self, name: str) -> ShadowSetting | None:
         return self._settings.get(name)
@@ -84,9 +85,12 @@ class Shadows:
         try:
             setting = self.registry.control.read_shadow(name)
         except ControlCorrupt as exc:
-            self.registry.metrics.control_events.labels("corrupt_state").inc()
-            log.error("shadow setting of %s is not usable (%s); the shadow stays as it is", name, exc)
+            if self._corrupt.get(name) != str(exc):  # once per distinct value, not at every resync
+                self._corrupt[name] = str(exc)
+                self.registry.metrics.control_events.labels("corrupt_state").inc()
+                log.error("shadow setting of %s is not usable (%s); the shadow stays as it is", name, exc)
             return
+        self._corrupt.pop(name, None)
         if setting == self._settings.get(name):
             return
         if setting is None:
