@@ -19,6 +19,7 @@ from typing import Any
 import bentoml
 import onnxruntime as ort
 
+# bentoml serve loads this file in its own venv, where the repository (contract, bench.peers) is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.peers.core import RankingCore  # noqa: E402
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+# TorchServe imports this file from its model archive, in its own venv: the repository is not installed there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from contract.features import FeatureTransform  # noqa: E402
 from contract.modelspec import ModelSpec  # noqa: E402

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+# TorchServe runs this handler from its model store, in its own venv: the repository root comes from PEER_ROOT.
 sys.path.insert(0, os.environ["PEER_ROOT"])
 from bench.peers.core import RankingCore  # noqa: E402
 from bench.peers.torch_model import load_model  # noqa: E402
