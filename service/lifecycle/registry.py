@@ -5,9 +5,10 @@ Routing per model is an immutable `Routing` object replaced by one assignment, s
 picked a version finishes on it, and the old session is freed when its last request lets go. A
 version that fails to load is marked failed with its reason and never touches what serves.
 Loading itself is service.lifecycle.repository's, bucket routing service.lifecycle.routing's, new
-folders service.lifecycle.watcher's. The class is ~450 lines because the admin operations and the
-control-plane sync change the same three pieces of state (entries, routing, corrupt) under one lock
-per model; splitting them would spread that locking over modules.
+folders service.lifecycle.watcher's, shadows service.lifecycle.shadows'. The module is ~480 lines
+because the admin operations and the control-plane sync change the same three pieces of state
+(entries, routing, corrupt) under one lock per model; splitting them would spread that locking
+over modules.
 """
 
 from __future__ import annotations

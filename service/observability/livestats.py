@@ -5,6 +5,8 @@ The histograms and counters in service.observability.metrics are cumulative sinc
 apart and subtracts the oldest one inside the window from the newest, as PromQL's rate() does.
 Percentiles come from bucket counts with histogram_quantile's own interpolation, so the page and a
 Grafana panel over the same window show the same numbers. No HTTP here: the route is a thin wrapper.
+About 300 lines: the snapshot of each dashboard table (whole service, versions, shadows) sits
+beside the function that turns two of them into a window, one concern read in one place.
 """
 
 from __future__ import annotations
