@@ -112,3 +112,21 @@ def test_redis_outage_degrades_requests_and_recovers_without_restart(repo, own_r
         direct.publish("ranker:events", b'{"model": "ple"}')
         wait_for(lambda: routing(url) == {1: 1.0}, timeout=3)
         client.close()
+
+
+def test_a_version_unloaded_elsewhere_while_it_serves_here_is_dropped_once_routing_moves_off(repo):
+    """A worker still routing to a version when another unloads it (it loads the new one in the
+    background) must not keep that version for ever: every rollout would leave one behind."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(models_dir=repo, features_dir=None, watch="off", admin_token=TOKEN))
+    with TestClient(app) as c:  # version 2 serves
+        registry = app.state.registry
+        assert c.post("/v1/admin/models/ple/versions/1/load", headers=AUTH).status_code == 200
+        registry.drop_unloaded_elsewhere("ple", 2)  # announced by another worker while 2 serves here
+        assert registry.handle("ple", 2) is not None
+        assert c.post("/v1/admin/models/ple/activate", json={"version": 1}, headers=AUTH).status_code == 200
+        assert registry.handle("ple", 2) is None and [v.version for v in registry.describe("ple")] == [1]

@@ -74,6 +74,8 @@ class Registry:
         self._entries: dict[str, dict[int, VersionEntry]] = defaultdict(dict)
         self._routing: dict[str, Routing] = {}
         self._corrupt: dict[str, str] = {}  # model -> the garbage last seen in its control keys (logged once)
+        # Versions another replica unloaded while they still took traffic here: dropped once routing moves off them.
+        self._unload_when_unrouted: dict[str, set[int]] = defaultdict(set)
         self._locks: dict[str, threading.RLock] = defaultdict(threading.RLock)
         self.watcher = Watcher(self)
         self.shadows = Shadows(self)
@@ -240,6 +242,12 @@ class Registry:
             self.metrics.traffic_share.labels(name, str(v)).set(w)
         self.metrics.active_version.labels(name).set(state.active)
         log.info("model %s now routes %s", name, state.weights())
+        for version in sorted(self._unload_when_unrouted[name] - set(state.weights())):
+            self._unload_when_unrouted[name].discard(version)
+            if version in self._entries[name]:
+                self._drop(name, version)
+                log.info("model %s/%s unloaded (announced by another replica; it no longer takes traffic here)",
+                         name, version)  # fmt: skip
 
     def sync_from_control(self, name: str) -> None:
         """Apply the shared state of `name` (called by the control plane's listener)."""
@@ -287,6 +295,7 @@ class Registry:
         if not present:
             raise NotFound("version_not_found", f"no folder {name}/{version} in the repository", "version")
         self.watcher.mark_handled(name, [version])
+        self._unload_when_unrouted[name].discard(version)  # loaded here on purpose: kept
         return self.load(name, version)
 
     def activate(self, name: str, version: int, allow_interface_change: bool = False) -> RoutingState:
@@ -366,7 +375,9 @@ class Registry:
             if version not in self._entries.get(name, {}):
                 return
             if routing is not None and version in routing.state.weights():
-                log.warning("model %s/%s: another replica unloaded it, but it takes traffic here; kept", name, version)
+                self._unload_when_unrouted[name].add(version)
+                log.warning("model %s/%s: another replica unloaded it, but it takes traffic here; dropped once "
+                            "routing moves off it", name, version)  # fmt: skip
                 return
             self._drop(name, version)
             log.info("model %s/%s unloaded (announced by another replica)", name, version)
