@@ -5,7 +5,8 @@ newest local model. Concurrent keep-alive clients send 100-candidate requests th
 steady phase, the script adds version 2, 3, ... 101 (copies of the same model, renumbered), and for
 each: load -> activate -> unload the previous one. It prints failed requests, latency percentiles
 in the steady phase and during the swaps, and the server's RSS and open file descriptors before
-and after. Writes bench/results/swap_under_load.json (or --out).
+and after (summed over the worker processes with `--workers N`, which serves through the Redis
+control plane at `--redis-url`). Writes bench/results/swap_under_load.json (or --out).
 
 Paced load: `--rate R` sends R requests/s in total (closed loop without it); `--probe S` first
 measures capacity (closed loop for S seconds) and, unless --rate is given, paces at
@@ -39,10 +40,21 @@ BODY = json.dumps({"user": {"id": "u1"}, "context": {"hour": 20},
                    "candidates": [{"id": f"v{i}", "video_len": 5.0 + i} for i in range(100)]}).encode()  # fmt: skip
 
 
+def process_tree(pid: int) -> list[int]:
+    """The server's process and its descendants (with --workers, the supervisor and each worker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+    return [pid, *(p for kid in kids for p in process_tree(kid))]
+
+
 def proc_stats(pid: int) -> dict:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return {"rss_mb": rss_kb / 1024, "open_fds": len(list(Path(f"/proc/{pid}/fd").iterdir()))}
+    """RSS and open file descriptors summed over the server's process tree."""
+    rss_kb = fds = 0
+    for p in process_tree(pid):
+        status = Path(f"/proc/{p}/status").read_text()
+        rss_kb += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        fds += len(list(Path(f"/proc/{p}/fd").iterdir()))
+    return {"rss_mb": rss_kb / 1024, "open_fds": fds}
 
 
 class Load:
@@ -137,6 +149,8 @@ def main() -> None:
     p.add_argument("--load-fraction", type=float, default=0.8,
                    help="with --probe and no --rate: rate = this x capacity")
     p.add_argument("--swap-every", type=float, default=0.0, help="seconds between swaps (0: back to back)")
+    p.add_argument("--workers", type=int, default=1, help="RANKER_WORKERS (above 1: needs --redis-url)")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/15", help="the control plane with --workers")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "swap_under_load.json")
     args = p.parse_args()
     source = newest_version(args.models, args.name)
@@ -146,6 +160,10 @@ def main() -> None:
         (repo / "ple").mkdir(parents=True)
         add_version(repo, source, 1)
         env = {"RANKER_ADMIN_TOKEN": TOKEN, "RANKER_WATCH": "explicit", "RANKER_FEATURES_DIR": ""}
+        prefix = f"bench-swap-{os.getpid()}:"
+        if args.workers > 1:  # worker processes share routing through Redis; each is a replica
+            env.update(RANKER_WORKERS=str(args.workers), RANKER_REDIS_URL=args.redis_url, RANKER_REDIS_PREFIX=prefix,
+                       RANKER_FEATURE_STORE="embedded")  # fmt: skip
         with served(repo, env, log_level="warning") as server, httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as admin:
             url, proc = server.url, server.proc
             capacity = probe_capacity(url, args.concurrency, args.probe) if args.probe > 0 else None
@@ -183,6 +201,12 @@ def main() -> None:
             load.stop.set()
             load.thread.join(timeout=60)
 
+    if args.workers > 1:
+        import redis
+
+        client = redis.Redis.from_url(args.redis_url)
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
     summary = {}
     for phase in ("steady", "swapping"):
         rows = [r for r in load.records if r[0] == phase]
@@ -194,6 +218,7 @@ def main() -> None:
                           "retried": load.retried[phase],
                           "versions_seen": len({r[3] for r in rows})}  # fmt: skip
     result = {"machine": machine(), "swaps": args.swaps, "concurrency": args.concurrency, "model": str(source),
+              "workers": args.workers,
               "capacity_rps": capacity, "target_rps": rate, "swap_every_s": args.swap_every,
               "achieved_rps_swapping": load.throughput("swapping", swapping_seconds),
               "swapping_seconds": swapping_seconds,
