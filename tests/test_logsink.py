@@ -180,3 +180,8 @@ def test_feedback_joins_the_logged_impressions_into_rows_that_train_the_next_ver
     pq.write_table(table, path)
     assert cli.main([*stream_args(path), "--set", "data.parquet.chunk_rows=64", "--out", str(tmp_path / "next")]) == 0
     assert (tmp_path / "next" / "cgc" / "1" / "model.onnx").exists()
+
+
+def test_a_consumer_name_that_could_be_taken_for_anothers_file_prefix_is_refused(tmp_path, client):
+    with pytest.raises(ValueError, match="consumer names"):
+        Sink(client, tmp_path, "never:", consumer="sink-2")  # "sink-*" files would also match sink-2's

@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import threading
 from collections import defaultdict
@@ -78,8 +79,10 @@ def impression_table(records: list[dict]) -> pa.Table:
 
 
 class Sink:
-    def __init__(self, client: redis.Redis, out: Path, prefix: str = "ranker:", consumer: str = "sink-1",
+    def __init__(self, client: redis.Redis, out: Path, prefix: str = "ranker:", consumer: str = "sink1",
                  batch: int = 1000, block_ms: int = 1000):  # fmt: skip
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", consumer):  # no "-": a file's consumer prefix stays unambiguous
+            raise ValueError(f"consumer names are letters, digits and _ (at most 64): {consumer!r}")
         self.client, self.out, self.prefix, self.consumer = client, Path(out), prefix, consumer
         self.batch, self.block_ms = batch, block_ms
         self.committed = {kind: self._recover(kind) for kind in STREAMS}
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url", default=os.environ.get("RANKER_REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--prefix", default=os.environ.get("RANKER_REDIS_PREFIX", "ranker:"))
     p.add_argument("--out", type=Path, default=Path("logs"))
-    p.add_argument("--consumer", default="sink-1", help="this sink's name in the group (one name per running sink)")
+    p.add_argument("--consumer", default="sink1",
+                   help="this sink's name in the group: letters, digits, _ (one name per running sink)")
     p.add_argument("--batch", type=int, default=1000, help="entries per file at most")
     p.add_argument("--block-ms", type=int, default=1000, help="how long a read waits for new entries")
     args = p.parse_args(argv)
