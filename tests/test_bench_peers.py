@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from bench.peers.core import RankingCore
 from bench.peers.torch_model import export_state, load_model
 from service.app import create_app
+from service.schemas import RankRequest
 from service.settings import Settings
 
 
@@ -24,10 +25,10 @@ def test_torch_peer_ranks_like_the_service(trained, tmp_path):
                "candidates": [{"id": str(i), "video_len": 10.0 + j} for j, i in enumerate(ids)],
                "weights": {"shr": 0.5}}  # fmt: skip
 
-    inputs, lengths = core.inputs(request)
+    inputs, lengths = core.inputs(RankRequest.model_validate(request))
     with torch.inference_mode():
         outputs = model(torch.from_numpy(inputs["sparse_ids"]), torch.from_numpy(inputs["dense"]))
-    peer = core.ranked(request, [o.numpy() for o in outputs], lengths)
+    peer = core.ranked(RankRequest.model_validate(request), [o.numpy() for o in outputs], lengths)
 
     settings = Settings(models_dir=trained.models_dir, features_dir=trained.features_dir, watch="off")
     with TestClient(create_app(settings)) as client:

@@ -22,6 +22,7 @@ import onnxruntime as ort
 # bentoml serve loads this file in its own venv, where the repository (contract, bench.peers) is not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.peers.core import RankingCore  # noqa: E402
+from service.schemas import RankRequest  # noqa: E402
 
 WORKERS = int(os.environ.get("PEER_WORKERS", "2"))
 THREADS = int(os.environ.get("PEER_ORT_THREADS", "1"))
@@ -47,7 +48,8 @@ class PLERanker:
         weights: dict[str, float] | None = None,
         request_id: str | None = None,
     ) -> dict[str, Any]:
-        req = {"user": user, "candidates": candidates, "context": context or {}, "top_k": top_k, "weights": weights}
+        req = RankRequest.model_validate({"user": user, "candidates": candidates, "context": context or {},
+                                          "top_k": top_k, "weights": weights})  # fmt: skip
         inputs, lengths = self.core.inputs(req)
         outputs = self.session.run(self.core.outputs, inputs)
         items = self.core.ranked(req, outputs, lengths)

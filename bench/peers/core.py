@@ -34,7 +34,8 @@ def read_jsonl(path: Path) -> dict[str, dict]:
 
 
 class RankingCore:
-    """Everything but inference: request dict -> model inputs; model outputs -> ranked items."""
+    """Everything but inference: a request (the service's own wire model, service.schemas.RankRequest,
+    validated once by the peer's framework) -> model inputs; model outputs -> ranked items."""
 
     def __init__(self, version_dir: Path, features_dir: Path):
         self.spec = ModelSpec.model_validate_json((Path(version_dir) / "model.json").read_bytes())
@@ -45,25 +46,24 @@ class RankingCore:
         self.tasks = [t.name for t in self.spec.tasks]
         self.outputs = [t.output for t in self.spec.tasks]
 
-    def inputs(self, req: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """A request (parsed JSON) -> ({sparse_ids, dense}, video lengths), by the service's own
-        assembly (service/ranking/candidates.py): the same precedence and video_len rules."""
-        request = RankRequest.model_validate(req)
+    def inputs(self, request: RankRequest) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A request -> ({sparse_ids, dense}, video lengths), by the service's own assembly
+        (service/ranking/candidates.py): the same precedence and video_len rules."""
         candidates = Candidates.of(request.candidates)
         stored = [self.items.get(cid) for cid in candidates.ids]
         shared, per_row, lengths, _ = raw_features(self.transform, request, candidates, self.users.get(request.user.id),
                                                    stored)  # fmt: skip
         return self.transform.encode(len(candidates.ids), shared, per_row).as_inputs(), lengths
 
-    def ranked(self, req: dict, outputs: list[np.ndarray], lengths: np.ndarray) -> list[dict]:
+    def ranked(self, request: RankRequest, outputs: list[np.ndarray], lengths: np.ndarray) -> list[dict]:
         """Per-task outputs (one (B,) array per task, in model.json's order) -> items, best first."""
         values = dict(zip(self.tasks, outputs))
-        weights = {**self.spec.scoring.weights, **(req.get("weights") or {})}
+        weights = {**self.spec.scoring.weights, **(request.weights or {})}
         ranking = rank(values, weights, lengths, self.spec.scoring.video_len_transform, self.spec.scoring.eps)
-        top_k = req.get("top_k")
+        top_k = request.top_k
         chosen = ranking.order if top_k is None else ranking.order[:top_k]
         scores = np.exp(ranking.log_score[chosen]).tolist()
         columns = [v[chosen].tolist() for v in values.values()]
-        ids = [c["id"] for c in req["candidates"]]
+        ids = [c["id"] for c in request.candidates]
         return [{"id": ids[i], "score": s, "tasks": dict(zip(self.tasks, row))}
                 for i, s, *row in zip(chosen.tolist(), scores, *columns)]  # fmt: skip
