@@ -42,6 +42,7 @@ from pathlib import Path
 
 from bench.common import ROOT, free_port, make_request, newest_version, print_table, write_result
 from bench.servers import ALL, CACHE, SETTINGS, available, drop_bench_keys, launch, stop, wait_ready
+from service.schemas import RankRequest
 
 SIZES = (100, 500, 1000)
 WARMUP_S = 2.0  # each load run's unmeasured start
@@ -136,7 +137,7 @@ def engine_ceilings(version: Path, features: Path, bodies: dict[int, Path], seco
     model = load_model(version, CACHE / f"{version.parent.name}-{version.name}.pt")
     out: dict = {}
     for n, body in bodies.items():
-        inputs, _ = core.inputs(json.loads(body.read_bytes()))
+        inputs, _ = core.inputs(RankRequest.model_validate_json(body.read_bytes()))
         tensors = (torch.from_numpy(inputs["sparse_ids"]), torch.from_numpy(inputs["dense"]))
 
         def torch_run():

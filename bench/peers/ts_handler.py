@@ -21,6 +21,7 @@ from ts.torch_handler.base_handler import BaseHandler
 sys.path.insert(0, os.environ["PEER_ROOT"])
 from bench.peers.core import RankingCore  # noqa: E402
 from bench.peers.torch_model import load_model  # noqa: E402
+from service.schemas import RankRequest  # noqa: E402
 
 
 class PLEHandler(BaseHandler):
@@ -35,11 +36,12 @@ class PLEHandler(BaseHandler):
         answers = []
         for row in data:  # one row per request in the (optional) server-side batch
             body = row.get("body") or row.get("data")
-            req = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
+            raw = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
+            req = RankRequest.model_validate(raw)  # the service's wire model, as every peer validates
             inputs, lengths = self.core.inputs(req)
             with torch.inference_mode():
                 outputs = self.model(torch.from_numpy(inputs["sparse_ids"]), torch.from_numpy(inputs["dense"]))
             items = self.core.ranked(req, [o.numpy() for o in outputs], lengths)
-            answers.append({"request_id": req.get("request_id"), "model": self.core.spec.name,
+            answers.append({"request_id": req.request_id, "model": self.core.spec.name,
                             "version": self.core.spec.version, "items": items})  # fmt: skip
         return answers
