@@ -46,13 +46,14 @@ class ShadowJob:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation of two score vectors (1.0 for fewer than two candidates or a constant one)."""
+    """Rank correlation of two score vectors: 1.0 for fewer than two candidates; where either is
+    constant (no order to correlate), 1.0 if both are the same vector, else 0.0."""
     if len(a) < 2:
         return 1.0
-    ranks_a = np.argsort(np.argsort(a)).astype(np.float64)
-    ranks_b = np.argsort(np.argsort(b)).astype(np.float64)
     if np.all(a == a[0]) or np.all(b == b[0]):
         return 1.0 if np.array_equal(a, b) else 0.0
+    ranks_a = np.argsort(np.argsort(a)).astype(np.float64)
+    ranks_b = np.argsort(np.argsort(b)).astype(np.float64)
     return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
 
