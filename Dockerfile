@@ -3,6 +3,7 @@
 # requirements table when bumping either; this pairing has not been run here). The service falls
 # back to the CPU when no GPU is visible. The CPU-only image:
 #   docker build --build-arg BASE=ubuntu:24.04 --build-arg ORT=cpu -t ple-ranker:cpu .
+# ORT takes extras: ORT=cpu,feast adds Feast for RANKER_FEATURE_STORE=feast (docs/feature-stores.md).
 # Two stages: the wheel is built and installed into a venv in `build`; the runtime stage gets the
 # venv only (no pip cache, no build files), on the same base so the venv's Python path matches.
 # Not built on our development machines (no Docker engine there): tests/test_deploy.py checks it.

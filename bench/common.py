@@ -118,14 +118,15 @@ class Served:
 
 @contextlib.contextmanager
 def served(models: Path, env: dict | None = None, timeout: float = 60, log_path: Path | None = None,
-           log_level: str | None = None):  # fmt: skip
+           log_level: str | None = None, python: str | Path = sys.executable):  # fmt: skip
     """`ranker-serve --models DIR` on a free port until the block ends, for the benchmarks and the
     tests alike; yields Served(url, process). Its log goes to `log_path` when given; on exit the
-    process gets SIGTERM and must have exited 0 (a caller may stop it itself first)."""
+    process gets SIGTERM and must have exited 0 (a caller may stop it itself first). `python`: the
+    environment to serve from (the Feast one, for RANKER_FEATURE_STORE=feast)."""
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-m", "service.cli", "--models", str(models), "--port", str(port)]
+    command = [str(python), "-m", "service.cli", "--models", str(models), "--port", str(port)]
     command += ["--log-level", log_level] if log_level else []
     # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
     log_file = open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed below)

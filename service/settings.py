@@ -19,10 +19,15 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # features and control plane in Redis; None: embedded, in process
     # Where user and item features come from: `auto` is Redis when redis_url is set, else the embedded
     # tables of features_dir; `embedded` keeps the tables in process even with Redis as control plane
-    # (each worker process holds its own copy).
-    feature_store: Literal["auto", "redis", "embedded"] = "auto"
+    # (each worker process holds its own copy); `feast` reads a Feast online store (feast_repo; needs the
+    # feast extra, service/features/feast_store.py).
+    feature_store: Literal["auto", "redis", "embedded", "feast"] = "auto"
+    feast_repo: Path | None = None  # the Feast feature repository (its feature_store.yaml) for feature_store feast
+    feast_user_view: str = "user_features"  # the feature view keyed by the user id
+    feast_item_view: str = "item_features"  # the feature view keyed by the item id
     redis_prefix: str = "ranker:"
-    redis_timeout_ms: float = Field(20.0, gt=0)  # a feature fetch gives up after this; the request degrades
+    # A feature fetch gives up after this and the request degrades (the Feast store's Redis client too).
+    redis_timeout_ms: float = Field(20.0, gt=0)
     control_resync_s: float = Field(5.0, gt=0)  # replicas re-read the control keys at least this often
     # Serving-time feature log (service.features.featurelog): the share of /v1/rank requests whose features,
     # outputs and order go to the Redis Stream <prefix>log:impressions (0: none). Needs redis_url.
@@ -76,7 +81,7 @@ class Settings(BaseSettings):
     # (docs/reliability.md, "Keep-alive").
     keep_alive_s: int = Field(75, ge=1)
 
-    @field_validator("features_dir", "redis_url", "admin_token", "default_model", mode="before")
+    @field_validator("features_dir", "redis_url", "admin_token", "default_model", "feast_repo", mode="before")
     @classmethod
     def _empty_is_unset(cls, v):
         # RANKER_REDIS_URL= (empty) in a compose file or shell means "not set", not "the path ''".
@@ -92,6 +97,8 @@ class Settings(BaseSettings):
     def _redis_store_needs_redis(self) -> "Settings":
         if self.feature_store == "redis" and not self.redis_url:
             raise ValueError("feature_store redis reads features from Redis: set RANKER_REDIS_URL too")
+        if self.feature_store == "feast" and self.feast_repo is None:
+            raise ValueError("feature_store feast reads a Feast feature repository: set RANKER_FEAST_REPO too")
         return self
 
     @model_validator(mode="after")

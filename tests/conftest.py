@@ -212,10 +212,11 @@ def serve_process(models: Path, env: dict | None = None, timeout: float = 60):
         yield server.url
 
 
-def served_process(models: Path, env: dict | None = None, timeout: float = 60, log_path: Path | None = None):
+def served_process(models: Path, env: dict | None = None, timeout: float = 60, log_path: Path | None = None,
+                   python: str | Path = sys.executable):  # fmt: skip
     """bench.common.served, the one launcher of tests and benchmarks, without the embedded feature
     tables unless the test names them. Yields Served(url, proc); must exit 0 on SIGTERM."""
-    return served(models, {"RANKER_FEATURES_DIR": "", **(env or {})}, timeout, log_path)
+    return served(models, {"RANKER_FEATURES_DIR": "", **(env or {})}, timeout, log_path, python=python)
 
 
 # ---- a model repository with two versions of different weights ----

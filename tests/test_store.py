@@ -78,7 +78,7 @@ def test_redis_down_degrades_instead_of_failing(own_redis):
     own_redis.start()
     # Within retry_after_s the store does not try again: no timeout paid per request.
     assert store.fetch("u1", ["v1"]).degraded
-    store._down_until = 0.0  # the back-off window has passed
+    store.backoff.reset()  # the back-off window has passed
     assert not store.fetch("u1", ["v1"]).degraded
 
 

@@ -1,7 +1,11 @@
-"""ranker-load-features: write user/item feature tables (users.jsonl, items.jsonl) into Redis.
+"""ranker-load-features: write user/item feature tables (users.jsonl, items.jsonl) where the service
+reads them.
 
-Pipelined batches under the keys the service reads (`<prefix>feat:user:<id>`, `<prefix>feat:item:<id>`),
-with a progress bar. Works for the simulator's tables and any table in the same format.
+--redis-url: the built-in layout, pipelined batches under the keys the service reads
+(`<prefix>feat:user:<id>`, `<prefix>feat:item:<id>`), with a progress bar.
+--feast REPO: a Feast feature repository (examples/feast/): apply its definitions, write each view's
+Parquet source and materialise it into the repository's online store (needs the feast extra).
+Works for the simulator's tables and any table in the same format.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ def count_lines(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ranker-load-features", description=__doc__)
-    p.add_argument("--redis-url", required=True, help="e.g. redis://127.0.0.1:6379/0")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--redis-url", help="the built-in layout in this Redis, e.g. redis://127.0.0.1:6379/0")
+    target.add_argument("--feast", type=Path, metavar="REPO", help="a Feast feature repository (examples/feast/)")
+    p.add_argument("--user-view", default="user_features", help="with --feast: the user feature view")
+    p.add_argument("--item-view", default="item_features", help="with --feast: the item feature view")
     p.add_argument("--prefix", default="ranker:", help="key prefix (the service's RANKER_REDIS_PREFIX)")
     p.add_argument("--features", type=Path, default=Path("data/features"), help="folder with users.jsonl/items.jsonl")
     p.add_argument("--batch", type=int, default=1000, help="keys per pipelined round trip")
@@ -33,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = {entity: args.features / filename for entity, filename in TABLES.items()}
     if not any(path.is_file() for path in paths.values()):
         p.error(f"--features {args.features}: no {' or '.join(TABLES.values())} there")
+    if args.feast is not None:
+        return load_into_feast(args)
     try:
         store = RedisStore(redis_client(args.redis_url, timeout_s=10.0), args.prefix)
         store.client.ping()
@@ -51,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     print(f"wrote {total} feature rows to {args.redis_url} under {args.prefix}feat:", file=sys.stderr)
+    return 0
+
+
+def load_into_feast(args: argparse.Namespace) -> int:
+    from service.features.feast_store import FeastSetupError, materialize_tables
+
+    try:
+        counts = materialize_tables(args.feast, args.features, args.user_view, args.item_view)
+    except FeastSetupError as exc:
+        print(f"ranker-load-features: {exc}", file=sys.stderr)
+        return 1
+    print(f"materialised {counts} rows into the online store of {args.feast}", file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Feature store: user and item features by id, fetched for a whole request in one round trip.
 
-Two implementations behind one interface, tested by one suite:
+Two implementations here behind one interface, tested by one suite (a third, FeastStore, reads a
+Feast online store: service/features/feast.py):
 - InProcessStore: dicts in process memory (the embedded default), seeded from users.jsonl /
   items.jsonl ({"id": ..., "features": {...}} per line, as the simulator writes them).
 - RedisStore: one string key per entity, `<prefix>feat:user:<id>` / `<prefix>feat:item:<id>`,
@@ -47,7 +48,37 @@ class FeatureStore(Protocol):
 
     def fetch(self, user_id: str, item_ids: Sequence[str]) -> Fetched: ...
 
+
+class WritableStore(FeatureStore, Protocol):
     def put(self, entity: str, rows: Iterable[Row]) -> int: ...
+
+
+class BackOff:
+    """After a failed fetch, skip the store for `retry_after_s` instead of paying the timeout on every
+    request; one warning per window, not one per request."""
+
+    def __init__(self, name: str, retry_after_s: float = 1.0):
+        self.name = name
+        self.retry_after_s = retry_after_s
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def waiting(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            if time.monotonic() >= self._down_until:
+                log.warning("%s unavailable (%s); serving defaults for %.1fs", self.name, exc, self.retry_after_s)
+            self._down_until = time.monotonic() + self.retry_after_s
+
+    def reset(self) -> None:
+        self._down_until = 0.0
+
+
+def degraded(n_items: int) -> Fetched:
+    return Fetched(None, [None] * n_items, degraded=True)
 
 
 def read_table(path: Path) -> Iterator[Row]:
@@ -63,7 +94,7 @@ _ROW_TYPES = {dict, type(None)}
 TABLES = {"user": "users.jsonl", "item": "items.jsonl"}
 
 
-def load_tables(store: FeatureStore, directory: Path) -> dict[str, int]:
+def load_tables(store: WritableStore, directory: Path) -> dict[str, int]:
     counts = {}
     for entity, filename in TABLES.items():
         path = Path(directory) / filename
@@ -98,10 +129,7 @@ class RedisStore:
     def __init__(self, client: redis.Redis, prefix: str = "ranker:", retry_after_s: float = 1.0):
         self.client = client
         self.prefix = prefix
-        # After a failure, skip Redis for a moment instead of paying the timeout on every request.
-        self.retry_after_s = retry_after_s
-        self._down_until = 0.0
-        self._lock = threading.Lock()
+        self.backoff = BackOff("feature store", retry_after_s)
 
     def key(self, entity: str, row_id: str) -> str:
         return f"{self.prefix}feat:{entity}:{row_id}"
@@ -122,17 +150,14 @@ class RedisStore:
         return n
 
     def fetch(self, user_id: str, item_ids: Sequence[str]) -> Fetched:
-        if time.monotonic() < self._down_until:
-            return self._degraded(len(item_ids))
+        if self.backoff.waiting:
+            return degraded(len(item_ids))
         keys = [self.key("user", user_id)] + [self.key("item", i) for i in item_ids]
         try:
             values = self.client.mget(keys)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            with self._lock:
-                if time.monotonic() >= self._down_until:
-                    log.warning("feature store unavailable (%s); serving defaults for %.1fs", exc, self.retry_after_s)
-                self._down_until = time.monotonic() + self.retry_after_s
-            return self._degraded(len(item_ids))
+            self.backoff.failed(exc)
+            return degraded(len(item_ids))
         try:
             decoded = [orjson.loads(v) if v is not None else None for v in values]
             if set(map(type, decoded)) <= _ROW_TYPES:  # C-level check of every row
@@ -160,10 +185,6 @@ class RedisStore:
             rows.append(row)
         log.warning("feature store: %d corrupt rows read as unknown, e.g. %s", len(bad), bad[0])
         return Fetched(rows[0], rows[1:], corrupt=len(bad))
-
-    @staticmethod
-    def _degraded(n: int) -> Fetched:
-        return Fetched(None, [None] * n, degraded=True)
 
 
 def redis_client(url: str, timeout_s: float) -> redis.Redis:
