@@ -2,6 +2,7 @@
 training device (--device) and the process group's backend follow the hardware; the loss under
 DDP is each task's masked mean over the global batch."""
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -140,8 +141,14 @@ def ddp_loss_worker(rank: int, world: int, folder: str) -> None:
         mean = per_task.detach().clone()
         dist.all_reduce(mean)
         torch.save({"loss": mean / world, "grads": [p.grad for p in model.parameters()]}, f"{folder}/rank{rank}.pt")
+        del ddp  # its reducer's pending work must be gone before the group is
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
+    # Gloo's threads could still be releasing tensors while the interpreter finalises, which aborted
+    # a worker now and then ("terminate called without an active exception", SIGABRT) after its
+    # results were written; the results are on disk, so the process ends here.
+    os._exit(0)
 
 
 def test_ddp_loss_is_the_masked_mean_of_the_global_batch_when_processes_hold_different_in_space_counts(tmp_path):
