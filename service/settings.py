@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # connection at the moment a client reuses it, and that request gets no answer
     # (docs/reliability.md, "Keep-alive").
     keep_alive_s: int = Field(75, ge=1)
+    # Where /v1/rank runs: `loop`, on the event loop (no thread hand-off; the loop waits for the
+    # rank's few ms), or `pool`, in the thread pool (the loop keeps reading other requests meanwhile).
+    # Measured on CPU in docs/performance.md ("Where the rank route runs").
+    rank_thread: Literal["loop", "pool"] = "loop"
 
     @field_validator("features_dir", "redis_url", "admin_token", "default_model", "feast_repo", mode="before")
     @classmethod

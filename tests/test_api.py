@@ -313,3 +313,31 @@ def test_a_trailing_slash_is_a_404_in_the_error_shape_naming_the_path(client):
     assert r.status_code == 404 and "did you mean /v1/models/ple " in r.json()["error"]["message"]
     r = client.get("/v1/nothing/", follow_redirects=False)
     assert r.status_code == 404 and "did you mean" not in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("rank_thread", ["loop", "pool"])
+def test_the_rank_runs_where_rank_thread_says_and_answers_the_same(trained, client, rank_thread):
+    """RANKER_RANK_THREAD: `loop` ranks on the event loop (no thread hand-off), `pool` in the thread
+    pool, which leaves the loop free to read other requests meanwhile. Same answer either way."""
+    import asyncio
+
+    app = create_app(Settings(models_dir=trained.models_dir, features_dir=trained.features_dir, watch="off",
+                              rank_thread=rank_thread))  # fmt: skip
+    with TestClient(app) as c:
+        ranker = app.state.ranker
+        on_loop = []
+        original = ranker.rank
+
+        def recording(*args, **kwargs):
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(True)
+            except RuntimeError:  # no loop running in this thread: a pool thread
+                on_loop.append(False)
+            return original(*args, **kwargs)
+
+        ranker.rank = recording
+        got = c.post("/v1/rank", json=request(20))
+    assert got.status_code == 200
+    assert on_loop == [rank_thread == "loop"]
+    assert got.json()["items"] == client.post("/v1/rank", json=request(20)).json()["items"]

@@ -1,4 +1,7 @@
-"""Dependencies: the app's heavy objects, reached through the request (created in the lifespan)."""
+"""Dependencies: the app's heavy objects, reached through the request (created in the lifespan).
+
+Coroutines on purpose: FastAPI runs a plain-def dependency in its thread pool, one thread hand-off
+per dependency per request, for what is an attribute read."""
 
 from typing import Annotated
 
@@ -11,23 +14,23 @@ from service.ranking.ranker import Ranker
 from service.settings import Settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-def get_ranker(request: Request) -> Ranker:
+async def get_ranker(request: Request) -> Ranker:
     return request.app.state.ranker
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_live_stats(request: Request) -> LiveStats:
+async def get_live_stats(request: Request) -> LiveStats:
     return request.app.state.live_stats
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
