@@ -18,19 +18,22 @@ from bench.common import BIN, ROOT, free_port
 
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
-ALL = ("ple-ranker", "ple-ranker-wide", "ple-ranker-1t", "ple-ranker-2w", "ple-ranker-2w-1t", "fastapi-ort",
-       "fastapi-torch", "bentoml", "torchserve", "ple-ranker-int8", "ple-ranker-2w-int8")  # fmt: skip
+ALL = ("ple-ranker", "ple-ranker-pool", "ple-ranker-wide", "ple-ranker-1t", "ple-ranker-2w", "ple-ranker-2w-pool",
+       "ple-ranker-2w-1t", "fastapi-ort", "fastapi-torch", "bentoml", "torchserve", "ple-ranker-int8",
+       "ple-ranker-2w-int8")  # fmt: skip
 
 SETTINGS = {
-    "ple-ranker": "ranker-serve: 1 uvicorn process (the service's design: one worker per container), "
-    "sync endpoint in the threadpool, ONNX Runtime intra_op_threads=0 (one per core = 2) for a lone call, "
+    "ple-ranker": "ranker-serve: 1 uvicorn process, the rank on the event loop (RANKER_RANK_THREAD=loop), "
+    "ONNX Runtime intra_op_threads=0 (one per core = 2) for a lone call, "
     "adaptive threads: a call that starts while another runs uses a one-thread session",
+    "ple-ranker-pool": "as ple-ranker with RANKER_RANK_THREAD=pool: the rank in the thread pool (the design before)",
     "ple-ranker-wide": "as ple-ranker with RANKER_ADAPTIVE_THREADS=false: every call on two ORT threads "
     "(the default before adaptive threads)",
     "ple-ranker-1t": "as ple-ranker with RANKER_INTRA_OP_THREADS=1: every call on one ORT thread",
     "ple-ranker-2w": "ranker-serve with RANKER_WORKERS=2: two worker processes on one socket, each with ORT's default "
     "threads and adaptive threads like ple-ranker, routing through the Redis control plane, feature tables in "
     "process (RANKER_FEATURE_STORE=embedded)",
+    "ple-ranker-2w-pool": "as ple-ranker-2w with RANKER_RANK_THREAD=pool: the rank in each worker's thread pool",
     "ple-ranker-2w-1t": "as ple-ranker-2w with RANKER_INTRA_OP_THREADS=1: one ORT thread per worker",
     "ple-ranker-int8": "as ple-ranker, serving the int8 version of the model (ranker-quantize, dynamic)",
     "ple-ranker-2w-int8": "as ple-ranker-2w, serving the int8 version of the model (ranker-quantize, dynamic)",
@@ -61,6 +64,8 @@ def launch(name: str, version: Path, models: Path, features: Path, port: int, lo
             env["RANKER_INTRA_OP_THREADS"] = "1"
         if name == "ple-ranker-wide":
             env["RANKER_ADAPTIVE_THREADS"] = "false"
+        if name.endswith("-pool"):
+            env["RANKER_RANK_THREAD"] = "pool"
         if name.startswith("ple-ranker-2w"):
             env.update(RANKER_WORKERS="2", RANKER_REDIS_URL=redis_url, RANKER_REDIS_PREFIX=f"bench-{port}:",
                        RANKER_FEATURE_STORE="embedded", RANKER_WATCH="explicit")  # fmt: skip

@@ -20,9 +20,9 @@ ERRORS = error_responses(400, 404, 408, 409, 413, 415, 422, 503)
 @router.post("/v1/rank", response_model=RankResponse, response_class=JSONBytes, responses=ERRORS)
 async def rank(body: RankRequest, ranker: RankerDep, request: Request) -> JSONBytes:
     """Score every candidate in one inference call and return them best first."""
-    # On the event loop by default (RANKER_RANK_THREAD=loop): the request's Python and inference run
-    # without handing the GIL to a pool thread and back, which measured 1.2-1.7x the req/s of two
-    # worker processes (docs/performance.md, "Where the rank route runs"); the loop waits for
+    # On the event loop by default (RANKER_RANK_THREAD=loop): no GIL hand-off to a pool thread and
+    # back; one process measured 1.02-1.12x the req/s at 0.8-0.85x the CPU per request, two workers
+    # +9 % at 100 candidates (docs/performance.md, "Where the rank route runs"). The loop waits for
     # the few ms of a rank. `pool` runs it in the thread pool.
     if ranker.settings.rank_thread == "loop":
         return ranked(body, ranker, request)
