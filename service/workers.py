@@ -75,10 +75,13 @@ class FairListener(socket.socket):
         return conn, address
 
 
-def run_worker(sock: socket.socket, config_kwargs: dict) -> None:
+def run_worker(sock: socket.socket, config_kwargs: dict, calls: CallsInFlight) -> None:
     """One worker process: the app from service.cli.worker_app on the shared socket. On asyncio's
     own event loop, not uvloop: uvloop accepts in C and never calls FairListener.accept."""
     from service.cli import QuietTermServer
+    from service.lifecycle import engine
+
+    engine.machine_calls = calls  # every engine this worker loads counts its calls there
 
     config = uvicorn.Config("service.cli:worker_app", factory=True, loop="asyncio", **config_kwargs)
     server = QuietTermServer(config)
@@ -86,6 +89,29 @@ def run_worker(sock: socket.socket, config_kwargs: dict) -> None:
     server.run(sockets=[listener])
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+class CallsInFlight:
+    """Inference calls in flight across the workers, in shared memory: each worker adds to its own
+    slot, and a call takes ONNX Runtime's wide session only when every slot is 0 (the engine's
+    adaptive threads, machine-wide). Counted per process only, each worker would call wide whenever
+    it had no other call, and under load the workers' wide calls would put two threads per worker
+    on the cores: a 100-candidate request cost 1.30 CPU ms with two ORT threads against 1.08 with
+    one (bench/results/asgi_cpu.json)."""
+
+    def __init__(self, slots, slot: int):
+        self.slots, self.slot = slots, slot
+
+    def enter(self) -> bool:
+        """Count a call; True when no other call was in flight on any worker."""
+        with self.slots.get_lock():
+            alone = not any(self.slots)
+            self.slots[self.slot] += 1
+        return alone
+
+    def leave(self) -> None:
+        with self.slots.get_lock():
+            self.slots[self.slot] -= 1
 
 
 class Supervisor:
@@ -97,11 +123,15 @@ class Supervisor:
         self.sock.bind((host, port))
         self.sock.listen(2048)
         self.context = multiprocessing.get_context("spawn")
+        self.calls = self.context.Array("i", workers)  # inference calls in flight, one slot per worker
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.stopping = False
 
-    def _start_one(self) -> multiprocessing.process.BaseProcess:
-        process = self.context.Process(target=run_worker, args=(self.sock, self.config_kwargs), name="ranker-worker")
+    def _start_one(self, slot: int) -> multiprocessing.process.BaseProcess:
+        self.calls[slot] = 0  # a worker killed during a call left its count behind
+        calls = CallsInFlight(self.calls, slot)
+        process = self.context.Process(target=run_worker, args=(self.sock, self.config_kwargs, calls),
+                                       name="ranker-worker")  # fmt: skip
         process.start()
         return process
 
@@ -114,7 +144,7 @@ class Supervisor:
         host, port = self.sock.getsockname()[:2]
         log.info("ranker-serve on http://%s:%d with %d worker processes (supervisor %d)", host, port, self.workers,
                  os.getpid())  # fmt: skip
-        self.processes = [self._start_one() for _ in range(self.workers)]
+        self.processes = [self._start_one(slot) for slot in range(self.workers)]
         status = 0
         while not self.stopping:
             time.sleep(0.2)
@@ -127,7 +157,7 @@ class Supervisor:
                     self.stopping, status = True, 1
                     break
                 log.error("worker %d exited with %s; starting another", process.pid, process.exitcode)
-                self.processes[i] = self._start_one()
+                self.processes[i] = self._start_one(i)
         self._stop_all()
         return status
 

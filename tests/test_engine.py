@@ -103,6 +103,30 @@ def test_a_call_that_starts_while_another_runs_gets_the_one_thread_session(train
         assert fixed.narrow is None and fixed.describe()["cpu_threads"] == "fixed"
 
 
+def test_with_worker_processes_a_call_is_alone_only_when_no_worker_has_one_in_flight(trained, monkeypatch):
+    """RANKER_WORKERS > 1: the workers share their calls in flight (service.workers.CallsInFlight),
+    so a call takes the wide session only while every worker is idle; a replaced worker's slot is
+    reset by the supervisor."""
+    import multiprocessing
+
+    from service.lifecycle import engine as engine_module
+    from service.workers import CallsInFlight
+
+    slots = multiprocessing.get_context("spawn").Array("i", 2)
+    monkeypatch.setattr(engine_module, "machine_calls", CallsInFlight(slots, 0))
+    engine = InferenceEngine(str(trained.version_dir / "model.onnx"), device="cpu", intra_op_threads=2)
+    with engine._plain_session() as session:
+        assert session is engine.session and list(slots) == [1, 0]
+    other_worker = CallsInFlight(slots, 1)
+    assert other_worker.enter()  # the other worker's call, alone when it started
+    with engine._plain_session() as session:
+        assert session is engine.narrow and list(slots) == [1, 1]
+    other_worker.leave()
+    with engine._plain_session() as session:
+        assert session is engine.session
+    assert list(slots) == [0, 0]
+
+
 def test_adaptive_threads_give_the_same_scores_under_concurrency(trained):
     onnx_path = str(trained.version_dir / "model.onnx")
     fixed = InferenceEngine(onnx_path, device="cpu", adaptive_threads=False)

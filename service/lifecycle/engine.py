@@ -119,6 +119,11 @@ def fixed_dims(arg: ort.NodeArg) -> list[int]:
     return dims
 
 
+# With RANKER_WORKERS > 1: the workers' shared count of calls in flight (service.workers.CallsInFlight),
+# set in each worker before its app starts; None in a lone process.
+machine_calls = None
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -197,13 +202,19 @@ class InferenceEngine:
 
     @contextmanager
     def _plain_session(self):
-        """The wide session when no other call is running, else the one-thread session."""
+        """The wide session when no other call is running (in this process; with worker processes,
+        in any of them: `machine_calls`), else the one-thread session."""
         with self._running_lock:
             alone = self._running == 0
             self._running += 1
+        shared = machine_calls if self.narrow is not None else None
+        if shared is not None:
+            alone = shared.enter() and alone
         try:
             yield self.session if alone or self.narrow is None else self.narrow
         finally:
+            if shared is not None:
+                shared.leave()
             with self._running_lock:
                 self._running -= 1
 
