@@ -16,8 +16,12 @@ Connections are spread by `FairListener`. All workers wait on the one listening 
 whichever wakes first would take every connection that is waiting: a load balancer's or a client's
 few keep-alive connections, opened together, could all land on one worker and leave the other
 cores idle (measured here before this: 2 and 4 connections on one of two workers in 3 of 6 runs).
-So a worker that already holds k connections waits k milliseconds (at most MAX_DEFER_S) before it
-accepts: a worker holding fewer takes the connection first, like nginx's accept_mutex_delay.
+So a worker that holds k more connections than the least-loaded worker waits k milliseconds (at
+most MAX_DEFER_S) before it accepts: a worker holding fewer takes the connection first, like
+nginx's accept_mutex_delay. The workers publish what they hold in shared memory (WorkerSlots).
+Deferring by the whole count instead made every accept of a worker holding 4 or more connections
+wait 4 ms on its event loop: in a connection storm (a load generator opened 6,147) the workers
+spent their time waiting to accept and answered half the requests asked (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -45,18 +49,62 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when a worker's app did not start
 STOP_GRACE_S = 60.0  # a worker still draining after this is killed
 
 
+class WorkerSlots:
+    """One integer per worker in shared memory, and this worker's slot: what every worker holds."""
+
+    def __init__(self, slots, slot: int):
+        self.slots, self.slot = slots, slot
+
+    def others_least(self) -> int:
+        """The least any other worker holds (as it last published), or 0 without others."""
+        with self.slots.get_lock():
+            values = self.slots.get_obj()
+            return min((v for i, v in enumerate(values) if i != self.slot), default=0)
+
+    def publish(self, value: int) -> None:
+        self.slots[self.slot] = value
+
+
+class CallsInFlight(WorkerSlots):
+    """Inference calls in flight across the workers, in shared memory: each worker adds to its own
+    slot, and a call takes ONNX Runtime's wide session only when every slot is 0 (the engine's
+    adaptive threads, machine-wide). Counted per process only, each worker would call wide whenever
+    it had no other call, and under load the workers' wide calls would put two threads per worker
+    on the cores: a 100-candidate request cost 1.30 CPU ms with two ORT threads against 1.08 with
+    one (bench/results/asgi_cpu.json)."""
+
+    def enter(self) -> bool:
+        """Count a call; True when no other call was in flight on any worker."""
+        with self.slots.get_lock():
+            alone = not any(self.slots.get_obj())
+            self.slots[self.slot] += 1
+        return alone
+
+    def leave(self) -> None:
+        with self.slots.get_lock():
+            self.slots[self.slot] -= 1
+
+
 class FairListener(socket.socket):
     """The shared listening socket as one worker sees it: accept() defers by the connections this
-    worker already holds, so the worker holding the fewest takes a new connection."""
+    worker holds beyond the least-loaded other worker, so the worker holding the fewest takes a new
+    connection, and workers holding alike accept at once."""
 
     held: Callable[[], int] = staticmethod(lambda: 0)
     recent: deque[float]
+    shared: WorkerSlots | None = None
 
     @classmethod
-    def of(cls, sock: socket.socket, held: Callable[[], int]) -> FairListener:
+    def of(cls, sock: socket.socket, held: Callable[[], int], shared: WorkerSlots | None = None) -> FairListener:
         listener = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        listener.held, listener.recent = held, deque()
+        listener.held, listener.recent, listener.shared = held, deque(), shared
         return listener
+
+    def deferral(self, held: int) -> float:
+        """Seconds to wait before accepting, holding `held` connections: 1 ms per connection beyond
+        the least-loaded other worker (beyond none in a lone listener), at most MAX_DEFER_S."""
+        excess = held - (self.shared.others_least() if self.shared is not None else 0)
+        return min(excess * DEFER_PER_CONNECTION_S, MAX_DEFER_S) if excess > 0 else 0.0
 
     def accept(self):
         # asyncio accepts a burst of waiting connections in one go, before any of them is registered
@@ -65,17 +113,20 @@ class FairListener(socket.socket):
         while self.recent and now - self.recent[0] > RECENT_S:
             self.recent.popleft()
         held = self.held() + len(self.recent)
-        if held:
-            time.sleep(min(held * DEFER_PER_CONNECTION_S, MAX_DEFER_S))
+        wait = self.deferral(held)
+        if wait:
+            time.sleep(wait)
         conn, address = super().accept()  # BlockingIOError when a worker holding fewer took it meanwhile
         self.recent.append(time.monotonic())
+        if self.shared is not None:
+            self.shared.publish(held + 1)
         # asyncio turns Nagle off only for sockets whose proto says TCP; an inherited listener's
         # accepted sockets say 0. With Nagle on, small answers waited ~40 ms for delayed ACKs.
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn, address
 
 
-def run_worker(sock: socket.socket, config_kwargs: dict, calls: CallsInFlight) -> None:
+def run_worker(sock: socket.socket, config_kwargs: dict, calls: CallsInFlight, connections: WorkerSlots) -> None:
     """One worker process: the app from service.cli.worker_app on the shared socket. On asyncio's
     own event loop, not uvloop: uvloop accepts in C and never calls FairListener.accept."""
     from service.cli import QuietTermServer
@@ -85,33 +136,10 @@ def run_worker(sock: socket.socket, config_kwargs: dict, calls: CallsInFlight) -
 
     config = uvicorn.Config("service.cli:worker_app", factory=True, loop="asyncio", **config_kwargs)
     server = QuietTermServer(config)
-    listener = FairListener.of(sock, lambda: len(server.server_state.connections))
+    listener = FairListener.of(sock, lambda: len(server.server_state.connections), connections)
     server.run(sockets=[listener])
     if not server.started:
         sys.exit(STARTUP_FAILURE)
-
-
-class CallsInFlight:
-    """Inference calls in flight across the workers, in shared memory: each worker adds to its own
-    slot, and a call takes ONNX Runtime's wide session only when every slot is 0 (the engine's
-    adaptive threads, machine-wide). Counted per process only, each worker would call wide whenever
-    it had no other call, and under load the workers' wide calls would put two threads per worker
-    on the cores: a 100-candidate request cost 1.30 CPU ms with two ORT threads against 1.08 with
-    one (bench/results/asgi_cpu.json)."""
-
-    def __init__(self, slots, slot: int):
-        self.slots, self.slot = slots, slot
-
-    def enter(self) -> bool:
-        """Count a call; True when no other call was in flight on any worker."""
-        with self.slots.get_lock():
-            alone = not any(self.slots)
-            self.slots[self.slot] += 1
-        return alone
-
-    def leave(self) -> None:
-        with self.slots.get_lock():
-            self.slots[self.slot] -= 1
 
 
 class Supervisor:
@@ -124,13 +152,14 @@ class Supervisor:
         self.sock.listen(2048)
         self.context = multiprocessing.get_context("spawn")
         self.calls = self.context.Array("i", workers)  # inference calls in flight, one slot per worker
+        self.connections = self.context.Array("i", workers)  # connections each worker holds (FairListener)
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.stopping = False
 
     def _start_one(self, slot: int) -> multiprocessing.process.BaseProcess:
-        self.calls[slot] = 0  # a worker killed during a call left its count behind
-        calls = CallsInFlight(self.calls, slot)
-        process = self.context.Process(target=run_worker, args=(self.sock, self.config_kwargs, calls),
+        self.calls[slot] = self.connections[slot] = 0  # what a killed worker left behind
+        shared = (CallsInFlight(self.calls, slot), WorkerSlots(self.connections, slot))
+        process = self.context.Process(target=run_worker, args=(self.sock, self.config_kwargs, *shared),
                                        name="ranker-worker")  # fmt: skip
         process.start()
         return process

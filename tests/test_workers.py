@@ -168,6 +168,26 @@ def test_the_fair_listener_hands_out_connections_with_nagle_off():
             assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
+def test_a_worker_waits_to_accept_only_by_what_it_holds_beyond_the_least_loaded_other():
+    """Workers holding alike accept at once: deferring by the whole count made every accept wait
+    4 ms on the event loop once a worker held 4 connections, and a connection storm starved them."""
+    import multiprocessing
+
+    from service.workers import FairListener, WorkerSlots
+
+    slots = multiprocessing.get_context("spawn").Array("i", 3)
+    listener = FairListener.of(socket.socket(), held=lambda: 0, shared=WorkerSlots(slots, 0))
+    with listener:
+        slots[1], slots[2] = 7, 2
+        assert listener.deferral(2) == 0.0  # as few as the least-loaded other (2)
+        assert listener.deferral(1000) == 0.004 and listener.deferral(3) == 0.001  # beyond it: 1 ms each, at most 4
+        slots[1] = slots[2] = 1000  # a storm: everyone holds many
+        assert listener.deferral(1000) == 0.0 and listener.deferral(999) == 0.0
+    lone = FairListener.of(socket.socket(), held=lambda: 0)
+    with lone:
+        assert lone.deferral(0) == 0.0 and lone.deferral(2) == 0.002
+
+
 @pytest.mark.slow
 def test_a_worker_that_cannot_start_stops_the_service(repo, redis_prefix, tmp_path):
     env = {**os.environ, "RANKER_WORKERS": "2", "RANKER_REDIS_URL": REDIS_URL, "RANKER_REDIS_PREFIX": redis_prefix,
