@@ -3,22 +3,20 @@ the service's app with ONNX Runtime's default threads and with one thread, besid
 app (bench/peers/fastapi_ort.py: FastAPI, the same RankingCore, one ORT thread). What each server
 adds around the shared feature and scoring code, with the network and the client out of the figure.
 
-    python -m bench.asgi_cpu [--models models] [--features data/features] [--candidates 100 500] [--calls 1000]
+    python -m bench.asgi_cpu [--models models] [--features data/features] [--candidates 100 500] [--repeat 1000]
 
-Each app answers the same body `--calls` times on one event loop, three rounds in turn; the figure
+Each app answers the same body `--repeat` times on one event loop, three rounds in turn; the figure
 is the least process CPU time per call of the rounds (time.process_time: every thread, ORT's too).
 Prints a table and writes bench/results/asgi_cpu.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import time
-from pathlib import Path
 
-from bench.common import ROOT, make_request, newest_version, print_table, write_result
+from bench.common import make_request, model_parser, newest_version, print_table, write_result
 from service.app import create_app
 from service.settings import Settings
 
@@ -80,7 +78,7 @@ async def measure(args) -> dict:
             await cpu_ms_per_call(app, body, 100)
         for _ in range(3):
             for name, app in apps.items():
-                rounds[name].append(await cpu_ms_per_call(app, body, args.calls))
+                rounds[name].append(await cpu_ms_per_call(app, body, args.repeat))
         results[str(n)] = {name: {"cpu_ms_per_call": min(r), "rounds": r} for name, r in rounds.items()}
     for task in lifespans:
         task.cancel()
@@ -88,19 +86,15 @@ async def measure(args) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=Path, default=ROOT / "models")
-    p.add_argument("--features", type=Path, default=ROOT / "data" / "features")
-    p.add_argument("--name", default="ple")
+    p = model_parser(__doc__, repeat=1000)  # --repeat: calls per app and round
     p.add_argument("--candidates", type=int, nargs="+", default=[100, 500])
-    p.add_argument("--calls", type=int, default=1000)
     args = p.parse_args()
     load_before = os.getloadavg()
     results = asyncio.run(measure(args))
     rows = [[n, name, r["cpu_ms_per_call"]] for n, by_app in results.items() for name, r in by_app.items()]
     print_table(["candidates", "app", "CPU ms per request"], rows)
     path = write_result("asgi_cpu", {"what": "process CPU per /v1/rank call through the ASGI app in process, least of "
-                                             "3 rounds of --calls, apps in turn", "calls": args.calls,
+                                             "3 rounds of --repeat calls, apps in turn", "calls": args.repeat,
                                      "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
                                      "results": results})  # fmt: skip
     print(f"wrote {path}")
