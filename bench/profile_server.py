@@ -22,7 +22,7 @@ GIL wait (pthread_cond_timedwait); the rest is busy, in the first area that matc
 Prints each area's share of the active (not idle) samples and the top Python functions per area;
 the JSON also has thread milliseconds per answered request, which undercount: with native
 unwinding py-spy falls behind its rate on a busy 2-core machine. Writes
-bench/results/profile_server_<N>w.json.
+bench/results/profile_server_<N>w.json (or --out).
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=4)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--redis-url", help="the control plane the workers share (needed with --workers > 1)")
+    p.add_argument("--out", help="result file name under bench/results/ (default profile_server_<N>w)")
     args = p.parse_args()
     args.py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if args.py_spy is None:
@@ -157,7 +158,7 @@ def main() -> int:
         for area_name in AREAS:
             top = results[n]["top_frames_ms_per_request"][area_name][:3]
             print(f"  {area_name}: " + ", ".join(f"{frame} {ms:.3f} ms" for frame, ms in top))
-    path = write_result(f"profile_server_{args.workers}w", {
+    path = write_result(args.out or f"profile_server_{args.workers}w", {
         "models": str(args.models), "workers": args.workers, "connections": args.connections,
         "seconds": args.seconds, "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
         "results": {str(n): r for n, r in results.items()},
