@@ -187,18 +187,18 @@ def materialize_tables(repo: Path, features_dir: Path, user_view: str, item_view
     """Apply the repository, write each view's Parquet source from the tables in `features_dir`, and
     materialise them into the online store. Returns the rows written per entity."""
     repo = Path(repo).resolve()
-    open_repository(repo)  # the clear errors first
+    store = open_repository(repo)  # the clear errors before anything is written
     apply_definitions(repo)
-    store = _feast().FeatureStore(repo_path=str(repo))
+    store.refresh_registry()  # the views apply_definitions just registered
     now = datetime.now(timezone.utc)
-    counts = {}
+    counts, views = {}, []
     for entity, name in (("user", user_view), ("item", item_view)):
         table = Path(features_dir) / TABLES[entity]
         if not table.is_file():
             log.warning("feature table %s not found; no %s features materialised", table, entity)
             continue
         counts[entity] = write_source(store, repo, view_of(store, name), table, now)
-    views = [name for entity, name in (("user", user_view), ("item", item_view)) if entity in counts]
+        views.append(name)
     if views:
         store.materialize(start_date=now - timedelta(seconds=1), end_date=now + timedelta(seconds=1),
                           feature_views=views)  # fmt: skip

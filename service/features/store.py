@@ -1,7 +1,7 @@
 """Feature store: user and item features by id, fetched for a whole request in one round trip.
 
 Two implementations here behind one interface, tested by one suite (a third, FeastStore, reads a
-Feast online store: service/features/feast.py):
+Feast online store: service/features/feast_store.py):
 - InProcessStore: dicts in process memory (the embedded default), seeded from users.jsonl /
   items.jsonl ({"id": ..., "features": {...}} per line, as the simulator writes them).
 - RedisStore: one string key per entity, `<prefix>feat:user:<id>` / `<prefix>feat:item:<id>`,
