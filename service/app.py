@@ -28,20 +28,22 @@ from service.settings import Settings
 log = logging.getLogger("ranker")
 
 
-def build_backends(settings: Settings, metrics: Metrics) -> tuple[FeatureStore, ControlPlane]:
+def build_backends(settings: Settings, metrics: Metrics,
+                   store: FeatureStore | None = None) -> tuple[FeatureStore, ControlPlane]:  # fmt: skip
     """The control plane in Redis when a URL is configured, else in process; features per
-    settings.feature_store (auto: Redis when a URL is configured, else the embedded tables)."""
+    settings.feature_store (auto: Redis when a URL is configured, else the embedded tables), unless
+    `store` is one already built (ranker-serve's Feast store, opened to check it before starting)."""
     control: ControlPlane = InProcessControl()
     if settings.redis_url:
         # The control plane tolerates a slower Redis than the per-request feature fetch.
         control = RedisControl(redis_client(settings.redis_url, 2.0), settings.redis_prefix, settings.control_resync_s,
                                on_problem=lambda event: metrics.control_events.labels(event).inc())  # fmt: skip
+    if store is not None:
+        return store, control
     if settings.feature_store == "feast":
         from service.features.feast_store import FeastStore  # feast is an optional dependency
 
-        store = FeastStore(settings.feast_repo, settings.feast_user_view, settings.feast_item_view,
-                           settings.redis_timeout_ms / 1000)  # fmt: skip
-        return store, control
+        return FeastStore.of(settings), control
     if settings.redis_url and settings.feature_store != "embedded":
         timeout = settings.redis_timeout_ms / 1000
         return RedisStore(redis_client(settings.redis_url, timeout), settings.redis_prefix), control
@@ -52,10 +54,12 @@ def build_backends(settings: Settings, metrics: Metrics) -> tuple[FeatureStore, 
     return store, control
 
 
-def create_app(settings: Settings | None = None, tracing: Tracing | None = None, freeze_heap: bool = False) -> FastAPI:
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None, freeze_heap: bool = False,
+               feature_store: FeatureStore | None = None) -> FastAPI:  # fmt: skip
     """The service. `tracing`: where /v1/rank's spans go; by default OTLP when the OTEL_EXPORTER_OTLP_*
     variables name an endpoint, else none (service.observability.tracing). `freeze_heap`: gc.freeze()
-    once startup is done, for a process that is the service (ranker-serve), not one that hosts it."""
+    once startup is done, for a process that is the service (ranker-serve), not one that hosts it.
+    `feature_store`: one already built, else build_backends makes it from the settings."""
     settings = settings or Settings()
     metrics_ = Metrics()
     tracing = tracing if tracing is not None else from_environment()
@@ -63,7 +67,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         choose_providers(settings.device)  # --device cuda without a CUDA build: refuse to start, say why
-        store, control = build_backends(settings, metrics_)
+        store, control = build_backends(settings, metrics_, feature_store)
         registry = Registry(settings, metrics_, control)
         registry.start()
         feature_log = None

@@ -35,11 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         p.error(str(exc))
     logsafe.configure(settings.log_level)
-    if settings.feature_store == "feast":  # a missing package, repository or view is said once, before any worker
+    store = None  # the Feast store, opened here so that a missing package, repository or view is said
+    if settings.feature_store == "feast":  # once, in one line, before any worker starts
         from service.features.feast_store import FeastSetupError, FeastStore
 
         try:
-            FeastStore(settings.feast_repo, settings.feast_user_view, settings.feast_item_view, 1.0)
+            store = FeastStore.of(settings)
         except FeastSetupError as exc:
             logging.getLogger("ranker").error("RANKER_FEATURE_STORE=feast: %s", exc)
             return 1
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         flags = {f"RANKER_{k.upper()}": str(v) for k, v in vars(args).items() if v is not None}
         return serve_workers(settings, flags)
     # log_config=None: uvicorn's records go through the same escaping formatter as ours (no log injection).
-    config = uvicorn.Config(create_app(settings, freeze_heap=True), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, access_log=False, log_config=None,
+    # Workers open their own stores; a lone process serves from the one checked above.
+    config = uvicorn.Config(create_app(settings, freeze_heap=True, feature_store=store), host=settings.host,
+                            port=settings.port, log_level=settings.log_level, access_log=False, log_config=None,
                             timeout_keep_alive=settings.keep_alive_s)  # fmt: skip
     QuietTermServer(config).run()
     return 0

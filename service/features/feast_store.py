@@ -22,9 +22,12 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from service.features.store import TABLES, BackOff, Features, Fetched, degraded, read_table
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger("ranker.store")
 
@@ -117,6 +120,12 @@ class FeastStore:
         self.user = view_of(self.store, user_view)
         self.item = view_of(self.store, item_view)
         self.backoff = BackOff("feature store (Feast)", retry_after_s)
+
+    @classmethod
+    def of(cls, settings: "Settings") -> "FeastStore":
+        """The store RANKER_FEATURE_STORE=feast serves from: its repository, views and timeout."""
+        return cls(settings.feast_repo, settings.feast_user_view, settings.feast_item_view,
+                   settings.redis_timeout_ms / 1000)  # fmt: skip
 
     def fetch(self, user_id: str, item_ids: Sequence[str]) -> Fetched:
         if self.backoff.waiting:
