@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -76,6 +76,8 @@ class Encoded:
     sparse_ids: np.ndarray  # (B, n_sparse) int64
     dense: np.ndarray  # (B, n_dense) float32
     defaulted: int  # raw values that were missing or unknown and took the schema's default
+    # Per per-row feature, (B,) bool: the rows where it took the default (what `defaulted` counts).
+    missing: dict[str, np.ndarray] = field(default_factory=dict)
 
     def as_inputs(self) -> dict[str, np.ndarray]:
         return {SPARSE_INPUT: self.sparse_ids, DENSE_INPUT: self.dense}
@@ -112,6 +114,25 @@ class FeatureTransform:
 
     def cardinalities(self) -> list[int]:
         return [s.cardinality for s in self.sparse + self.binned]
+
+    def columns(self, names: Iterable[str]) -> tuple[list[int], list[int]]:
+        """Where the named features sit in the inputs: (sparse_ids columns, dense columns), in the
+        order a FeatureTransform of just those specs (kept in this schema's order) lays them out."""
+        wanted = set(names)
+        sparse = [j for j, s in enumerate(self.sparse) if s.name in wanted]
+        sparse += [len(self.sparse) + k for k, s in enumerate(self.binned) if s.name in wanted]
+        dense, column = [], 0
+        for spec in self.dense:
+            if spec.encoding != "bins":
+                if spec.name in wanted:
+                    dense += range(column, column + spec.width)
+                column += spec.width
+        return sparse, dense
+
+    def subset(self, names: Iterable[str]) -> "FeatureTransform":
+        """The transform of just these features, in this schema's order (see `columns`)."""
+        wanted = set(names)
+        return FeatureTransform([s for s in self.specs if s.name in wanted])
 
     # ---- one value ----
 
@@ -150,6 +171,18 @@ class FeatureTransform:
                         cache[raw] = ids[k]
         return np.array(ids, dtype=np.int64)
 
+    def _shared_id(self, spec: FeatureSpec, value: Any) -> int:
+        """sparse_id() through the feature's cache of strings (a request's user and context values)."""
+        if type(value) is not str:
+            return self.sparse_id(spec, value)
+        cache = self._cache[spec.name]
+        found = cache.get(value)
+        if found is None:
+            found = self.sparse_id(spec, value)
+            if len(cache) < CACHE_LIMIT:
+                cache[value] = found
+        return found
+
     # ---- whole requests or data sets ----
 
     def encode(
@@ -167,14 +200,16 @@ class FeatureTransform:
         shared = shared or {}
         per_row = per_row or {}
         defaulted = 0
+        missing_rows: dict[str, np.ndarray] = {}
         sparse = np.empty((n, self.n_sparse), dtype=np.int64)
         for j, spec in enumerate(self.sparse):
             if spec.name in per_row:
                 ids = self._column_ids(spec, per_row[spec.name])
                 sparse[:, j] = ids
-                defaulted += int(np.count_nonzero(ids == MISSING_ID))
+                missing_rows[spec.name] = ids == MISSING_ID
+                defaulted += int(np.count_nonzero(missing_rows[spec.name]))
             else:
-                sparse[:, j] = self.sparse_id(spec, shared.get(spec.name))
+                sparse[:, j] = self._shared_id(spec, shared.get(spec.name))
                 defaulted += int(sparse[0, j] == MISSING_ID) if n else 0
         dense = np.empty((n, self.n_dense), dtype=np.float32)
         column, binned = 0, len(self.sparse)  # where the next dense column / binned id goes
@@ -187,6 +222,8 @@ class FeatureTransform:
             else:
                 raw = np.full(n, _as_float(spec.name, shared.get(spec.name)))
             missing = np.isnan(raw)
+            if spec.name in per_row:
+                missing_rows[spec.name] = missing
             if missing.any():
                 raw = np.where(missing, float(spec.default), raw)  # type: ignore[arg-type]
                 defaulted += int(np.count_nonzero(missing)) if spec.name in per_row else 1
@@ -196,7 +233,7 @@ class FeatureTransform:
             else:
                 dense[:, column : column + spec.width] = encode_number(spec, raw)
                 column += spec.width
-        return Encoded(sparse, dense, defaulted)
+        return Encoded(sparse, dense, defaulted, missing_rows)
 
 
 def pre_standardise(spec: FeatureSpec, raw: np.ndarray) -> np.ndarray:

@@ -46,7 +46,9 @@ def build_backends(settings: Settings, metrics: Metrics,
         return FeastStore.of(settings), control
     if settings.redis_url and settings.feature_store != "embedded":
         timeout = settings.redis_timeout_ms / 1000
-        return RedisStore(redis_client(settings.redis_url, timeout), settings.redis_prefix), control
+        store = RedisStore(redis_client(settings.redis_url, timeout), settings.redis_prefix,
+                           memo_rows=settings.item_cache_rows)  # fmt: skip
+        return store, control
     store = InProcessStore()
     if settings.features_dir is not None:
         counts = load_tables(store, settings.features_dir)

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     feast_user_view: str = "user_features"  # the feature view keyed by the user id
     feast_item_view: str = "item_features"  # the feature view keyed by the item id
     redis_prefix: str = "ranker:"
+    # Encoded item rows kept per loaded version (service/ranking/itemrows.py), and item rows the Redis
+    # store keeps decoded: a request gathers the rows of items it has seen instead of encoding them
+    # again. Cleared when full; 0 turns both off. docs/performance.md, "Item-row cache".
+    item_cache_rows: int = Field(50_000, ge=0)
     # A feature fetch gives up after this and the request degrades (the Feast store's Redis client too).
     redis_timeout_ms: float = Field(20.0, gt=0)
     control_resync_s: float = Field(5.0, gt=0)  # replicas re-read the control keys at least this often

@@ -91,6 +91,7 @@ def read_table(path: Path) -> Iterator[Row]:
 
 
 _ROW_TYPES = {dict, type(None)}
+_UNSEEN = object()
 TABLES = {"user": "users.jsonl", "item": "items.jsonl"}
 
 
@@ -126,10 +127,15 @@ class InProcessStore:
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, client: redis.Redis, prefix: str = "ranker:", retry_after_s: float = 1.0):
+    def __init__(self, client: redis.Redis, prefix: str = "ranker:", retry_after_s: float = 1.0, memo_rows: int = 0):
         self.client = client
         self.prefix = prefix
         self.backoff = BackOff("feature store", retry_after_s)
+        # Item rows kept decoded, by their stored bytes: the same bytes give the same dict object, so
+        # a row that has not changed costs a lookup, not a JSON parse, and the item-row cache
+        # (service/ranking/itemrows.py) sees it unchanged by identity. Cleared when full; 0: off.
+        self.memo_rows = memo_rows
+        self._decoded: dict[bytes | None, Features | None] = {None: None}
 
     def key(self, entity: str, row_id: str) -> str:
         return f"{self.prefix}feat:{entity}:{row_id}"
@@ -159,12 +165,35 @@ class RedisStore:
             self.backoff.failed(exc)
             return degraded(len(item_ids))
         try:
-            decoded = [orjson.loads(v) if v is not None else None for v in values]
-            if set(map(type, decoded)) <= _ROW_TYPES:  # C-level check of every row
-                return Fetched(decoded[0], decoded[1:])
+            user = orjson.loads(values[0]) if values[0] is not None else None
+            items = self._items(values[1:])
+            if set(map(type, items)) | {type(user)} <= _ROW_TYPES:  # C-level check of every row
+                return Fetched(user, items)
         except orjson.JSONDecodeError:
             pass
         return self._salvaged(keys, values)
+
+    def _items(self, values: list[bytes | None]) -> list:
+        """Decoded item rows, through the memo where it is on."""
+        if not self.memo_rows:
+            return [orjson.loads(v) if v is not None else None for v in values]
+        memo = self._decoded
+        try:
+            return list(map(memo.__getitem__, values))  # every row seen before: one C-level pass
+        except KeyError:
+            pass
+        if len(memo) > self.memo_rows:
+            memo.clear()
+            memo[None] = None
+        rows = []
+        for value in values:
+            row = memo.get(value, _UNSEEN)
+            if row is _UNSEEN:
+                row = orjson.loads(value)
+                if type(row) is dict:  # a corrupt row is never remembered: _salvaged reports it
+                    memo[value] = row
+            rows.append(row)
+        return rows
 
     @staticmethod
     def _salvaged(keys: list[str], values: list[bytes | None]) -> Fetched:

@@ -35,15 +35,11 @@ _NAME = re.compile(NAME_PATTERN)
 _ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
 
 
-_NAME = re.compile(NAME_PATTERN)
-_ORT_DTYPES = {"int64": "tensor(int64)", "float32": "tensor(float)"}
-
-
 class LoadError(Exception):
     pass
 
 
-@dataclass
+@dataclass(eq=False)  # one loaded version is one object: hashable by identity, so caches can key by it
 class ModelVersion:
     """A loaded, checked and warmed-up version: everything a request needs."""
 

@@ -110,6 +110,11 @@ class Metrics:
         # a binary task), which shows a version that predicts differently before its outcomes do.
         self.predicted = Counter("ranker_predicted_value", "sum of the per-task predictions over scored candidates",
                                  ["model", "version", "task"], registry=r)  # fmt: skip
+        # The item-row cache (service.ranking.itemrows): hit rate = hit / (hit + miss) rows; a clear
+        # empties a version's cache when new rows do not fit (often: RANKER_ITEM_CACHE_ROWS is too small).
+        self.item_rows = Counter("ranker_item_rows", "candidate item rows by item-row cache outcome", ["result"], registry=r)
+        self.item_row_clears = Counter("ranker_item_row_cache_clears", "item-row caches emptied because they were full",
+                                       registry=r)  # fmt: skip
         # Shadow scoring (service.ranking.shadow): each sampled request has one outcome: "scored",
         # "queue_full" (skipped: the shadow worker is behind), "failed" (the shadow raised),
         # "not_loaded" (the shadow version is not loaded here). Then, per (serving, shadow) pair,
@@ -164,6 +169,14 @@ class Metrics:
                 metric.remove(*values)
             except KeyError:
                 pass
+
+    def observe_item_rows(self, hits: int, misses: int, cleared: bool) -> None:
+        if hits:
+            self.item_rows.labels("hit").inc(hits)
+        if misses:
+            self.item_rows.labels("miss").inc(misses)
+        if cleared:
+            self.item_row_clears.inc()
 
     def observe_store(self, store: str, seconds: float, misses: int) -> None:
         self.store_latency.labels(store).observe(seconds)

@@ -70,7 +70,7 @@ class Candidates:
         i, features = next((i, f) for i, f in enumerate(self.sent_features) if len(f) > limit)
         raise InvalidInput("too_many_features", f"{len(features)} features; at most {limit}", f"candidates[{i}].features")
 
-    def video_len(self, stored: Sequence[dict[str, Any]], default: float | None = None) -> tuple[np.ndarray, int]:
+    def video_len(self, stored: Sequence[dict[str, Any] | None], default: float | None = None) -> tuple[np.ndarray, int]:
         """(B,) float64 seconds, and how many of them are `default`. Per candidate, the first of:
         the request's video_len; the request's features.video_len (422 if it is not a length); the
         store's value, if it is a length; the schema's `default`, as for any missing feature (an
@@ -85,7 +85,7 @@ class Candidates:
                                    f"candidates[{i}].features.video_len")  # fmt: skip
                 lengths[i] = _length(sent)
                 continue
-            length = _length(stored[i].get(VIDEO_LEN))
+            length = _length((stored[i] or EMPTY).get(VIDEO_LEN))
             if length is None and default is not None:
                 length = default
                 defaulted += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ from service.lifecycle.registry import ModelVersion, Registry
 from service.observability.metrics import Metrics
 from service.problems import InvalidInput, TooLarge
 from service.ranking import jsonrows
-from service.ranking.candidates import Candidates, raw_features
+from service.ranking.candidates import VIDEO_LEN, Candidates, raw_features
+from service.ranking.itemrows import ItemRows
 from service.ranking.shadow import ShadowJob, ShadowScorer
 from service.schemas import RankRequest
 from service.settings import Settings
@@ -36,6 +38,8 @@ class Ranker:
                  feature_log: FeatureLog | None = None, shadow: ShadowScorer | None = None):  # fmt: skip
         self.registry, self.store, self.settings, self.metrics = registry, store, settings, metrics
         self.feature_log, self.shadow = feature_log, shadow
+        # One item-row cache per loaded version; it goes with the version.
+        self._item_rows: weakref.WeakKeyDictionary[ModelVersion, ItemRows] = weakref.WeakKeyDictionary()
 
     def rank(self, req: RankRequest, stages: dict[str, float] | None = None,
              served: dict[str, ModelVersion] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -57,9 +61,16 @@ class Ranker:
             self.metrics.degraded.labels("feature_store").inc()
         if fetched.corrupt:
             self.metrics.degraded.labels("feature_store_row").inc()
-        shared, per_row, video_len, lengths_defaulted = raw_features(mv.transform, req, candidates, fetched.user,
-                                                                     fetched.items)  # fmt: skip
-        encoded = self._encoded(mv, req, candidates, shared, per_row)
+        logged = self.feature_log is not None and self.feature_log.sampled()  # needs the raw values: plain path
+        encoded = None
+        if self.settings.item_cache_rows and not fetched.degraded and not logged:
+            default_len = mv.transform.dense_defaults.get(VIDEO_LEN)
+            video_len, lengths_defaulted = candidates.video_len(fetched.items, default_len)
+            encoded = self._cached_encoding(mv, req, candidates, fetched.user, fetched.items, video_len)
+        if encoded is None:
+            shared, per_row, video_len, lengths_defaulted = raw_features(mv.transform, req, candidates, fetched.user,
+                                                                         fetched.items)  # fmt: skip
+            encoded = self._encoded(mv, req, candidates, shared, per_row)
 
         t2 = time.perf_counter()
         outputs = mv.engine.run(encoded.as_inputs())
@@ -80,7 +91,8 @@ class Ranker:
                 self.shadow.offer(ShadowJob(mv, shadow, req, candidates, fetched.user, fetched.items, values,
                                             ranking.log_score, weights))  # fmt: skip
         request_id = req.request_id
-        if self.feature_log is not None and self.feature_log.sampled():
+        if logged:
+            assert self.feature_log is not None
             request_id = request_id or uuid.uuid4().hex  # the id feedback will name this impression by
             returned = len(candidates.ids) if req.top_k is None else min(req.top_k, len(candidates.ids))
             self.feature_log.offer(impressions.record(request_id, req.user.id, mv.name, mv.version, candidates.ids, shared,
@@ -115,6 +127,19 @@ class Ranker:
                 "log_score": jsonrows.numbers(ranking.log_score[chosen]),
             }
         return jsonrows.rows(item)
+
+    def _cached_encoding(self, mv: ModelVersion, req: RankRequest, candidates: Candidates, user: dict | None,
+                         items: list, video_len: np.ndarray) -> Encoded | None:  # fmt: skip
+        """The inputs from the version's item-row cache; None where the plain path must answer."""
+        rows = self._item_rows.get(mv)
+        if rows is None:
+            rows = self._item_rows.setdefault(mv, ItemRows(mv.transform, self.settings.item_cache_rows))
+        got = rows.encode(req, candidates, user, items, video_len)
+        if got is None:
+            return None
+        encoded, lookup = got
+        self.metrics.observe_item_rows(lookup.hits, lookup.misses, lookup.cleared)
+        return encoded
 
     def _encoded(self, mv: ModelVersion, req: RankRequest, candidates: Candidates,
                  shared: dict[str, Any], per_row: dict[str, Any]) -> Encoded:  # fmt: skip
