@@ -19,7 +19,7 @@ from bench.common import BIN, ROOT, free_port
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
 ALL = ("ple-ranker", "ple-ranker-pool", "ple-ranker-wide", "ple-ranker-1t", "ple-ranker-2w", "ple-ranker-2w-pool",
-       "ple-ranker-2w-1t", "fastapi-ort", "fastapi-torch", "bentoml", "torchserve", "ple-ranker-int8",
+       "ple-ranker-2w-1t", "ple-ranker-nocache", "ple-ranker-2w-nocache", "fastapi-ort", "fastapi-torch", "bentoml", "torchserve", "ple-ranker-int8",
        "ple-ranker-2w-int8")  # fmt: skip
 
 SETTINGS = {
@@ -35,6 +35,8 @@ SETTINGS = {
     "process (RANKER_FEATURE_STORE=embedded)",
     "ple-ranker-2w-pool": "as ple-ranker-2w with RANKER_RANK_THREAD=pool: the rank in each worker's thread pool",
     "ple-ranker-2w-1t": "as ple-ranker-2w with RANKER_INTRA_OP_THREADS=1: one ORT thread per worker",
+    "ple-ranker-nocache": "as ple-ranker with RANKER_ITEM_CACHE_ROWS=0: every candidate's features encoded per request",
+    "ple-ranker-2w-nocache": "as ple-ranker-2w with RANKER_ITEM_CACHE_ROWS=0",
     "ple-ranker-int8": "as ple-ranker, serving the int8 version of the model (ranker-quantize, dynamic)",
     "ple-ranker-2w-int8": "as ple-ranker-2w, serving the int8 version of the model (ranker-quantize, dynamic)",
     "fastapi-ort": "uvicorn --workers 2, FastAPI + ONNX Runtime intra_op_num_threads=1 per worker, the same "
@@ -66,6 +68,8 @@ def launch(name: str, version: Path, models: Path, features: Path, port: int, lo
             env["RANKER_ADAPTIVE_THREADS"] = "false"
         if name.endswith("-pool"):
             env["RANKER_RANK_THREAD"] = "pool"
+        if name.endswith("-nocache"):
+            env["RANKER_ITEM_CACHE_ROWS"] = "0"
         if name.startswith("ple-ranker-2w"):
             env.update(RANKER_WORKERS="2", RANKER_REDIS_URL=redis_url, RANKER_REDIS_PREFIX=f"bench-{port}:",
                        RANKER_FEATURE_STORE="embedded", RANKER_WATCH="explicit")  # fmt: skip
