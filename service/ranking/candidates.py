@@ -70,7 +70,8 @@ class Candidates:
         i, features = next((i, f) for i, f in enumerate(self.sent_features) if len(f) > limit)
         raise InvalidInput("too_many_features", f"{len(features)} features; at most {limit}", f"candidates[{i}].features")
 
-    def video_len(self, stored: Sequence[dict[str, Any] | None], default: float | None = None) -> tuple[np.ndarray, int]:
+    def video_len(self, stored: Sequence[dict[str, Any] | None],
+                  default: float | None = None) -> tuple[np.ndarray, int]:  # fmt: skip
         """(B,) float64 seconds, and how many of them are `default`. Per candidate, the first of:
         the request's video_len; the request's features.video_len (422 if it is not a length); the
         store's value, if it is a length; the schema's `default`, as for any missing feature (an
@@ -104,19 +105,25 @@ class Candidates:
         return list(map(dict.get, self.sent_features, repeat(name), from_store))
 
 
+def shared_features(transform: FeatureTransform, req: RankRequest,
+                    stored_user: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    """The user's and the context's raw values (the request wins over the store)."""
+    stored_user = stored_user or EMPTY
+    shared: dict[str, Any] = {}
+    for name in transform.by_source["user"]:
+        shared[name] = req.user.id if name in transform.from_id else req.user.features.get(name, stored_user.get(name))
+    for name in transform.by_source["context"]:
+        shared[name] = req.context.get(name)
+    return shared
+
+
 def raw_features(transform: FeatureTransform, req: RankRequest, candidates: Candidates,
                  stored_user: dict[str, Any] | None, stored_items: Sequence[dict[str, Any] | None]
                  ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, int]:  # fmt: skip
     """Shared (user + context) and per-candidate raw values (the request wins over the store), the
     candidates' video lengths, and how many lengths took the schema's default."""
     by_source, id_features = transform.by_source, transform.from_id
-    stored_user = stored_user or EMPTY
-    shared: dict[str, Any] = {}
-    for name in by_source["user"]:
-        shared[name] = req.user.id if name in id_features else req.user.features.get(name, stored_user.get(name))
-    for name in by_source["context"]:
-        shared[name] = req.context.get(name)
-
+    shared = shared_features(transform, req, stored_user)
     stored = [s or EMPTY for s in stored_items]
     video_len, defaulted = candidates.video_len(stored, transform.dense_defaults.get(VIDEO_LEN))
     per_row: dict[str, Any] = {}

@@ -30,7 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from contract.features import Encoded, FeatureTransform, FeatureValueError
-from service.ranking.candidates import EMPTY, VIDEO_LEN, Candidates
+from service.ranking.candidates import EMPTY, VIDEO_LEN, Candidates, shared_features
+from service.schemas import RankRequest
 
 _ABSENT = object()  # "not cached", unlike None: "cached, and the store had no row"
 
@@ -77,14 +78,15 @@ class ItemRows:
     def __len__(self) -> int:
         return len(self._slot)
 
-    def encode(self, req, candidates: Candidates, stored_user: dict | None, stored_items: Sequence[dict | None],
-               video_len: np.ndarray) -> tuple[Encoded, Lookup] | None:  # fmt: skip
+    def encode(self, req: RankRequest, candidates: Candidates, stored_user: dict | None,
+               stored_items: Sequence[dict | None], video_len: np.ndarray
+               ) -> tuple[Encoded, Lookup] | None:  # fmt: skip
         """The model's inputs for this request, or None where the plain path must answer."""
         n = len(candidates.ids)
         if not 0 < n <= self.capacity:
             return None
         try:
-            user = self.shared.transform.encode(1, self._shared_raw(req, stored_user))
+            user = self.shared.transform.encode(1, shared_features(self.transform, req, stored_user))
             overridden = self._overridden(candidates)
             override, replaced = self._override_part(overridden)
             stored = [s or EMPTY for s in stored_items] if overridden - self.video_len else stored_items
@@ -104,15 +106,6 @@ class ItemRows:
         sparse[:, override.sparse] = sent.sparse_ids
         dense[:, override.dense] = sent.dense
         return Encoded(sparse, dense, defaulted), lookup
-
-    def _shared_raw(self, req, stored_user: dict | None) -> dict[str, Any]:
-        """User and context raw values as raw_features reads them (the request wins over the store)."""
-        stored_user = stored_user or EMPTY
-        by_source, from_id = self.transform.by_source, self.transform.from_id
-        shared = {name: req.user.id if name in from_id else req.user.features.get(name, stored_user.get(name))
-                  for name in by_source["user"]}  # fmt: skip
-        shared.update((name, req.context.get(name)) for name in by_source["context"])
-        return shared
 
     def _overridden(self, candidates: Candidates) -> frozenset[str]:
         """Item features this request decides: video_len (sent, stored or defaulted: raw_features'
