@@ -104,6 +104,20 @@ def newest_version(models: Path, name: str) -> Path:
     return models / name / str(versions[0])
 
 
+def delete_keys(redis_url: str, *patterns: str) -> None:
+    """Delete a benchmark's Redis keys: every key matching each glob pattern."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for pattern in patterns:
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

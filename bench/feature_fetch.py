@@ -24,9 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-import redis
-
-from bench.common import ROOT, alternated, percentiles_ms, print_table, write_result
+from bench.common import ROOT, alternated, delete_keys, percentiles_ms, print_table, write_result
 from service.features.feast_store import FeastStore, materialize_tables
 from service.features.store import RedisStore, load_tables, read_table, redis_client
 
@@ -52,7 +50,6 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="feature-fetch-"))
     project, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench:{uuid.uuid4().hex[:8]}:"
-    client = redis.Redis.from_url(f"redis://{args.redis}/{args.db}")
     try:
         simulate_tables(work / "tables")
         repo = work / "feature_repo"
@@ -107,11 +104,7 @@ def main() -> int:
                                  "fetches": 2 * len(SIZES) * args.repeat}  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        for pattern in (f"*{project}", f"{prefix}*"):
-            keys = list(client.scan_iter(match=pattern, count=1000))
-            if keys:
-                client.delete(*keys)
-        client.close()
+        delete_keys(f"redis://{args.redis}/{args.db}", f"*{project}", f"{prefix}*")
 
     print_table(["heap", "candidates", "store", "p50 ms", "p99 ms"], rows)
     print("full collections:", json.dumps(collections))

@@ -26,7 +26,7 @@ import orjson
 import redis
 from redis._parsers import _HiredisParser, _RESP2Parser
 
-from bench.common import model_parser, newest_version, percentiles_ms, print_table, write_result
+from bench.common import delete_keys, model_parser, newest_version, percentiles_ms, print_table, write_result
 from contract.features import FeatureTransform
 from contract.modelspec import ModelSpec
 from service.features.store import InProcessStore, RedisStore, load_tables, read_table
@@ -119,11 +119,7 @@ def main() -> int:
                 r = results[str(n)][way]
                 rows.append([n, way, r["p50_ms"], r["p99_ms"], base / r["p50_ms"]])
     finally:
-        client = redis.Redis.from_url(url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
-        client.close()
+        delete_keys(url, f"{prefix}*")
     print_table(["candidates", "way", "p50 ms", "p99 ms", "speed-up (p50)"], rows)
     path = write_result("item_rows", {
         "what": "one request's feature stage: the store's fetch of the user and every candidate, then the model's "

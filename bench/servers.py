@@ -14,13 +14,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import BIN, ROOT, free_port
+from bench.common import BIN, ROOT, delete_keys, free_port
 
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
 ALL = ("ple-ranker", "ple-ranker-pool", "ple-ranker-wide", "ple-ranker-1t", "ple-ranker-2w", "ple-ranker-2w-pool",
-       "ple-ranker-2w-1t", "ple-ranker-nocache", "ple-ranker-2w-nocache", "fastapi-ort", "fastapi-torch", "bentoml", "torchserve", "ple-ranker-int8",
-       "ple-ranker-2w-int8")  # fmt: skip
+       "ple-ranker-2w-1t", "ple-ranker-nocache", "ple-ranker-2w-nocache", "fastapi-ort", "fastapi-torch", "bentoml",
+       "torchserve", "ple-ranker-int8", "ple-ranker-2w-int8")  # fmt: skip
 
 SETTINGS = {
     "ple-ranker": "ranker-serve: 1 uvicorn process, the rank on the event loop (RANKER_RANK_THREAD=loop), "
@@ -125,11 +125,7 @@ def torchserve_command(env: dict, port: int) -> list[str]:
 
 
 def drop_bench_keys(redis_url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match="bench-*", count=1000):
-        client.delete(key)
+    delete_keys(redis_url, "bench-*")
 
 
 def stop(proc: subprocess.Popen) -> None:

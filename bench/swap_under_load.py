@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, machine, newest_version, percentiles_ms, print_table, served
+from bench.common import ROOT, delete_keys, machine, newest_version, percentiles_ms, print_table, served
 
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -202,11 +202,7 @@ def main() -> None:
             load.thread.join(timeout=60)
 
     if args.workers > 1:
-        import redis
-
-        client = redis.Redis.from_url(args.redis_url)
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
+        delete_keys(args.redis_url, f"{prefix}*")
     summary = {}
     for phase in ("steady", "swapping"):
         rows = [r for r in load.records if r[0] == phase]
