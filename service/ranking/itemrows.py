@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class _Part:
     dense: np.ndarray
 
     @classmethod
-    def of(cls, transform: FeatureTransform, names: Sequence[str]) -> "_Part":
+    def of(cls, transform: FeatureTransform, names: Iterable[str]) -> "_Part":
         sparse, dense = transform.columns(names)
         return cls(transform.subset(names), np.array(sparse, dtype=np.intp), np.array(dense, dtype=np.intp))
 
@@ -69,7 +69,6 @@ class ItemRows:
         self._sparse = np.zeros((capacity, transform.n_sparse), dtype=np.int64)
         self._dense = np.zeros((capacity, transform.n_dense), dtype=np.float32)
         self._missing = np.zeros((capacity, len(self.names)), dtype=bool)  # which features took the default
-        self._defaulted = np.zeros(capacity, dtype=np.int64)  # ... and how many, per row
         self._slot: dict[str, int] = {}
         self._row: dict[str, Any] = {}  # the store row each cached id was encoded from
         self._overrides: dict[frozenset[str], tuple[_Part, np.ndarray]] = {}
@@ -88,7 +87,7 @@ class ItemRows:
         try:
             user = self.shared.transform.encode(1, shared_features(self.transform, req, stored_user))
             overridden = self._overridden(candidates)
-            override, replaced = self._override_part(overridden)
+            override, kept = self._override_part(overridden)
             stored = [s or EMPTY for s in stored_items] if overridden - self.video_len else stored_items
             columns = {name: video_len if name == VIDEO_LEN else candidates.feature(name, stored)
                        for name in overridden}  # fmt: skip
@@ -96,11 +95,10 @@ class ItemRows:
             with self._lock:
                 slots, lookup = self._slots(candidates.ids, stored_items)
                 sparse, dense = self._sparse[slots], self._dense[slots]
-                defaulted = user.defaulted + sent.defaulted + int(self._defaulted[slots].sum())
-                if len(replaced):
-                    defaulted -= int(np.count_nonzero(self._missing[np.ix_(slots, replaced)]))
+                cached_defaults = int(np.count_nonzero(self._missing[np.ix_(slots, kept)]))
         except FeatureValueError:
             return None
+        defaulted = user.defaulted + sent.defaulted + cached_defaults
         sparse[:, self.shared.sparse] = user.sparse_ids
         dense[:, self.shared.dense] = user.dense
         sparse[:, override.sparse] = sent.sparse_ids
@@ -116,11 +114,11 @@ class ItemRows:
         return self.video_len | {name for name in self.names if name in sent and name not in self.transform.from_id}
 
     def _override_part(self, names: frozenset[str]) -> tuple[_Part, np.ndarray]:
-        """The part that encodes these features, and which cached `missing` columns they replace."""
+        """The part that encodes these features, and which cached `missing` columns still count."""
         part = self._overrides.get(names)
         if part is None:
-            replaced = np.array([k for k, name in enumerate(self.names) if name in names], dtype=np.intp)
-            part = self._overrides.setdefault(names, (_Part.of(self.transform, sorted(names)), replaced))
+            kept = np.array([k for k, name in enumerate(self.names) if name not in names], dtype=np.intp)
+            part = self._overrides.setdefault(names, (_Part.of(self.transform, names), kept))
         return part
 
     def _slots(self, ids: list[str], stored: Sequence[dict | None]) -> tuple[np.ndarray, Lookup]:
@@ -156,6 +154,5 @@ class ItemRows:
             slots.append(slot)
         self._sparse[np.ix_(slots, self.items.sparse)] = encoded.sparse_ids
         self._dense[np.ix_(slots, self.items.dense)] = encoded.dense
-        missing = np.column_stack([encoded.missing[name] for name in self.names]) if self.names else False
-        self._missing[slots] = missing
-        self._defaulted[slots] = self._missing[slots].sum(axis=1)
+        if self.names:
+            self._missing[slots] = np.column_stack([encoded.missing[name] for name in self.names])
