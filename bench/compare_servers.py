@@ -25,7 +25,12 @@ For 100, 500 and 1,000 candidates a separate client process (bench/loadgen.py) m
 at saturation (closed loop, best of `--connections`) and then p50/p95/p99 at half that rate (open
 loop, fixed schedule). Prints a table and writes bench/results/compare_servers.json.
 
-    python -m bench.compare_servers [--servers ple-ranker,fastapi-torch,bentoml,torchserve] [--seconds 8]
+With `--rounds N` every size is measured N times, the servers' order reversed every other round and
+the engine alone measured again at the start of each round: on a shared machine one run's ratios
+moved by 20-30 % within an hour, so each ratio is read per round (both sides measured minutes
+apart) and reported as the median with its range. The table shows each server's median round.
+
+    python -m bench.compare_servers [--servers ple-ranker,fastapi-torch,bentoml,torchserve] [--seconds 8] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -163,16 +169,40 @@ def engine_ceilings(version: Path, features: Path, bodies: dict[int, Path], seco
     return out
 
 
-def throughput_ratios(results: dict) -> dict:
-    """ours -> peer -> candidates -> our saturation throughput / the peer's."""
+def rps(run: dict) -> float:
+    return run["saturation"]["throughput_rps"]
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
+
+
+def throughput_ratios(rounds: list[dict]) -> dict:
+    """ours -> peer -> candidates -> our saturation throughput / the peer's, per round (median, range)."""
     out: dict = {}
-    for ours in (n for n in results if n.startswith("ple-ranker")):
-        for peer in (n for n in results if not n.startswith("ple-ranker")):
+    names = list(rounds[0])
+    for ours in (n for n in names if n.startswith("ple-ranker")):
+        for peer in (n for n in names if not n.startswith("ple-ranker")):
             out.setdefault(ours, {})[peer] = {
-                size: results[ours][size]["saturation"]["throughput_rps"] / results[peer][size]["saturation"]["throughput_rps"]
-                for size in results[ours] if size.isdigit() and size in results[peer]
+                size: spread([rps(r[ours][size]) / rps(r[peer][size]) for r in rounds])
+                for size in rounds[0][ours] if size in rounds[0][peer]
             }  # fmt: skip
     return out
+
+
+def engine_shares(rounds: list[dict], ceilings: list[dict]) -> dict:
+    """Our float servers' req/s as a share of the engine alone measured in the same round (issue #20's target)."""
+    names = [n for n in rounds[0] if n.startswith("ple-ranker") and not n.endswith("-int8")]
+    return {name: {n: spread([rps(r[name][n]) / c[n]["onnxruntime"] for r, c in zip(rounds, ceilings)])
+                   for n in rounds[0][name]}
+            for name in names}  # fmt: skip
+
+
+def median_round(runs: list[dict]) -> dict:
+    """The round whose saturation throughput is the median (the lower middle one of an even count),
+    with every round's throughput beside it."""
+    ordered = sorted(runs, key=rps)
+    return {**ordered[(len(ordered) - 1) // 2], "rounds_rps": [rps(run) for run in runs]}
 
 
 def main() -> None:
@@ -184,6 +214,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per load run (after 2 s warm-up)")
     p.add_argument("--connections", default="4,16", help="closed-loop connection counts; the best is saturation")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--rounds", type=int, default=1, help="measure every size this many times, alternating the "
+                   "servers' order; ratios are per round")
     p.add_argument("--out", default="compare_servers", help="result file name under bench/results/")
     p.add_argument("--int8-models", type=Path, help="for the -int8 servers: a model repository whose newest "
                    "version of --name is the int8 one ranker-quantize made of the version the others serve")
@@ -205,11 +237,11 @@ def main() -> None:
         bodies[n] = tmp / f"body-{n}.json"
         bodies[n].write_bytes(make_request(n, args.features))
 
-    print("inference alone (2 threads x 1 intra-op thread, no server):", flush=True)
-    ceilings = engine_ceilings(version, args.features, bodies, args.seconds)
     # Every server runs at once (idle ones cost next to nothing) and each size is measured server
     # after server, so a change in the machine's background load hits all of them alike.
     results, skipped, running, reference = {}, {}, {}, None
+    rounds: list[dict] = []  # per round: server -> size -> measure()
+    ceilings_by_round: list[dict] = []
     try:
         for name in args.servers.split(","):
             why = available(name)
@@ -232,20 +264,32 @@ def main() -> None:
                 reference = answer
             elif reference is not None:
                 results[name]["max_rel_score_diff_vs_ple_ranker"] = agreement(reference, answer)
-        for n, body in bodies.items():
-            print(f"{n} candidates:", flush=True)
-            for name, (proc, url) in running.items():
-                try:
-                    results[name][str(n)] = measure(name, url, body, args, proc.pid)
-                except Exception as exc:
-                    skipped[f"{name}@{n}"] = str(exc)
-                    print(f"  {name} failed: {exc}")
+        for r in range(args.rounds):
+            print(f"round {r + 1} of {args.rounds}; inference alone (2 threads x 1 intra-op thread, no server):",
+                  flush=True)  # fmt: skip
+            ceilings_by_round.append(engine_ceilings(version, args.features, bodies, args.seconds))
+            measured: dict = {name: {} for name in running}
+            order = list(running.items())[:: -1 if r % 2 else 1]
+            for n, body in bodies.items():
+                print(f"{n} candidates:", flush=True)
+                for name, (proc, url) in order:
+                    try:
+                        measured[name][str(n)] = measure(name, url, body, args, proc.pid)
+                    except Exception as exc:
+                        skipped[f"{name}@{n}@round{r + 1}"] = str(exc)
+                        print(f"  {name} failed: {exc}")
+            rounds.append(measured)
     finally:
         for proc, _ in running.values():
             stop(proc)
         if "ple-ranker-2w" in running:
             drop_bench_keys(args.redis_url)
-    results = {k: v for k, v in results.items() if all(str(n) in v for n in bodies)}
+    complete = [name for name in results if all(str(n) in m[name] for m in rounds for n in bodies)]
+    rounds = [{name: m[name] for name in complete} for m in rounds]
+    results = {name: {**results[name], **{str(n): median_round([m[name][str(n)] for m in rounds]) for n in bodies}}
+               for name in complete}  # fmt: skip
+    ceilings = {str(n): {engine: statistics.median(c[str(n)][engine] for c in ceilings_by_round)
+                         for engine in ceilings_by_round[0][str(n)]} for n in bodies}  # fmt: skip
     load_after = os.getloadavg()
 
     rows = []
@@ -262,22 +306,23 @@ def main() -> None:
             rows.append([n, label, round(ceilings[str(n)][engine], 1), "", "", "", "", ""])
     if rows:
         print_table(["cands", "server", "req/s", "ours/peer", "CPU ms/req", "p50 ms @½", "p95 ms @½", "p99 ms @½"], rows)
-    ratios = throughput_ratios(results)
+    ratios = throughput_ratios(rounds) if rounds and complete else {}
     # The issue-20 targets: req/s as a share of the float engine alone on the same cores.
-    of_engine = {name: {n: r[n]["saturation"]["throughput_rps"] / ceilings[n]["onnxruntime"]
-                        for n in map(str, bodies)}
-                 for name, r in results.items() if name.startswith("ple-ranker") and not name.endswith("-int8")}  # fmt: skip
+    of_engine = engine_shares(rounds, ceilings_by_round) if rounds and complete else {}
     for name, by_size in of_engine.items():
-        print(f"{name} / ORT alone: " + ", ".join(f"{n}: {r:.0%}" for n, r in by_size.items()))
+        print(f"{name} / ORT alone (median of rounds, range): "
+              + ", ".join(f"{n}: {r['median']:.0%} ({r['min']:.0%}-{r['max']:.0%})" for n, r in by_size.items()))
     for ours, by_peer in ratios.items():
         for peer, by_size in by_peer.items():
-            print(f"{ours} / {peer} throughput: " + ", ".join(f"{n}: {r:.2f}x" for n, r in by_size.items()))
+            print(f"{ours} / {peer} throughput (median of rounds, range): "
+                  + ", ".join(f"{n}: {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f})" for n, r in by_size.items()))
     path = write_result(args.out, {
         "model": str(version.relative_to(ROOT) if version.is_relative_to(ROOT) else version),
         "load_average_1_5_15": {"before": load_before, "after": load_after},
         "client": "bench/loadgen.py (separate process, asyncio raw HTTP/1.1 keep-alive, loopback)",
-        "seconds_per_run": args.seconds, "connections": args.connections,
-        "throughput_ratios": ratios, "share_of_engine_alone": of_engine, "engines_alone_runs_per_s": ceilings, "servers": results, "skipped": skipped,
+        "seconds_per_run": args.seconds, "connections": args.connections, "rounds": args.rounds,
+        "throughput_ratios": ratios, "share_of_engine_alone": of_engine, "engines_alone_runs_per_s": ceilings,
+        "engines_alone_by_round": ceilings_by_round, "servers": results, "by_round": rounds, "skipped": skipped,
     })  # fmt: skip
     print(f"\nwrote {path}")
 

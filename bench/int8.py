@@ -1,14 +1,16 @@
 """fp32 against int8 (ranker-quantize): inference speed at 100 / 500 / 1,000 candidates and each
 task's metric change, for every model name given.
 
-    python -m bench.int8 [--models models] [--names ple census-ple kuairand-ple] [--repeat 300]
+    python -m bench.int8 [--models models] [--names ple census-ple kuairand-ple] [--repeat 300] [--out NAME]
+
+RANKER_INTRA_OP_THREADS=1 times one-thread sessions (how calls run under load with worker processes).
 
 For each name, the newest int8 version and the float version it was made from (model.json's
 quantization.source_version): both sessions as the service builds them on the CPU (one call at a
 time, the setting's threads), timed in alternating blocks on the same random rows of the model's
 schema; runs/s is 1 / p50. The metric change per task (validation and test) comes from the int8
 version's model.json, which ranker-quantize measured on the version's own rows. Prints a table,
-writes bench/results/int8.json with the machine and its load.
+writes bench/results/int8.json (or --out NAME: NAME.json) with the machine, its load and the threads.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> int:
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--names", nargs="+", default=["ple"])
     p.add_argument("--repeat", type=int, default=300)
+    p.add_argument("--out", default="int8", help="result file name under bench/results/")
     args = p.parse_args()
     settings = Settings(models_dir=args.models, features_dir=None)
     load_before = os.getloadavg()
@@ -80,8 +83,9 @@ def main() -> int:
     print_table(["model", "candidates", "fp32 runs/s", "int8 runs/s", "int8 / fp32"], speed_rows)
     print()
     print_table(["model", "split.task", "metric", "fp32", "int8", "change"], metric_rows)
-    path = write_result("int8", {"load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
-                                 "repeat": args.repeat, "models": results})  # fmt: skip
+    path = write_result(args.out, {"load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
+                                   "intra_op_threads": settings.intra_op_threads, "repeat": args.repeat,
+                                   "models": results})  # fmt: skip
     print(f"wrote {path}")
     return 0
 

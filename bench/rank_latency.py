@@ -6,9 +6,13 @@ For 100, 500 and 1,000 candidates:
                JSON encode, no HTTP; alternated with bare ORT in blocks of 10 calls
   HTTP         a real `ranker-serve` process over loopback: sequential latency (httpx, then a lean
                client whose own cost is microseconds), then throughput with concurrent keep-alive clients
-Prints a table and writes bench/results/rank_latency.json.
+  HTTP, lean vs bare, alternated
+               the lean client's sequential requests and bare session.run (the service's engine
+               settings, in this process, on the batch the service builds) in alternating blocks of
+               10: on a shared machine the two phases above run minutes apart, this ratio does not
+Prints a table and writes bench/results/rank_latency.json (or --out NAME: NAME.json).
 
-    python -m bench.rank_latency [--models models] [--name ple] [--repeat 300] [--seconds 5]
+    python -m bench.rank_latency [--models models] [--name ple] [--repeat 300] [--seconds 5] [--out NAME]
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ SIZES = (100, 500, 1000)
 STAGES = ("parse", "store", "features", "inference", "scoring", "encode")
 
 
-def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], repeat: int) -> tuple[dict, dict]:
+def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], repeat: int) -> tuple[dict, dict, dict]:
     """Bare session.run and the whole in-process path in alternating blocks (common.alternated):
     service calls follow each other as requests do (a bare call between two would evict the caches
     the next parse finds warm in a server)."""
@@ -46,13 +50,13 @@ def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], rep
     with TestClient(app):  # runs the lifespan: loads the model and the store
         ranker = app.state.ranker
         mv, _ = app.state.registry.resolve(None, None, "u42")
-        bare, service = {}, {}
+        bare, service, batches = {}, {}, {}
         for n, body in bodies.items():
             req = parse(body)
             candidates = Candidates.of(req.candidates)
             fetched = ranker.store.fetch("u42", candidates.ids)
             shared, per_row, _, _ = raw_features(mv.transform, req, candidates, fetched.user, fetched.items)
-            inputs = mv.transform.encode(n, shared, per_row).as_inputs()  # the batch the service sends
+            inputs = batches[n] = mv.transform.encode(n, shared, per_row).as_inputs()  # the batch the service sends
             bare_runs, service_runs = alternated(partial(mv.engine.session.run, None, inputs),
                                                  partial(served_stages, ranker, body), repeat)
             bare_times = [t for t, _ in bare_runs]
@@ -61,7 +65,7 @@ def bench_in_process(models: Path, features: Path, bodies: dict[int, bytes], rep
             bare[n] = percentiles_ms(bare_times)
             service[n] = {**percentiles_ms(totals),
                           "stages_p50_ms": {k: float(np.median(v) * 1000) for k, v in per_stage.items()}}  # fmt: skip
-    return bare, service
+    return bare, service, batches
 
 
 def served_stages(ranker, body: bytes) -> dict[str, float]:
@@ -146,9 +150,15 @@ def sequential(post, body: bytes, repeat: int) -> list[float]:
     return times
 
 
-def bench_http(models: Path, features: Path, bodies: dict[int, bytes], repeat: int, seconds: float, concurrency: int) -> dict:
+def bench_http(models: Path, features: Path, bodies: dict[int, bytes], repeat: int, seconds: float, concurrency: int,
+               batches: dict[int, dict], onnx_path: Path) -> dict:  # fmt: skip
     import httpx
 
+    from service.lifecycle.engine import InferenceEngine
+
+    settings = Settings()
+    engine = InferenceEngine(str(onnx_path), device="cpu", intra_op_threads=settings.intra_op_threads,
+                             inter_op_threads=settings.inter_op_threads)  # the service's lone-call session
     out = {}
     with served(models, {"RANKER_FEATURES_DIR": str(features), "RANKER_WATCH": "off"}, log_level="warning") as server:
         url = server.url
@@ -162,8 +172,14 @@ def bench_http(models: Path, features: Path, bodies: dict[int, bytes], repeat: i
             for n, body in bodies.items():
                 times = sequential(with_httpx, body, repeat)
                 lean_times = sequential(partial(lean.post, "/v1/rank"), body, repeat)
+                bare_runs, lean_runs = alternated(partial(engine.session.run, None, batches[n]),
+                                                  partial(lean.post, "/v1/rank", body), repeat)
+                assert all(status == 200 for _, (status, _) in lean_runs)
+                alternated_ms = {"bare_ort": percentiles_ms([t for t, _ in bare_runs]),
+                                 "lean_client": percentiles_ms([t for t, _ in lean_runs])}
                 ok, failed, _ = asyncio.run(_load(url, body, concurrency, seconds))
                 out[n] = {**percentiles_ms(times), "lean_client": percentiles_ms(lean_times),
+                          "lean_vs_bare_alternated": alternated_ms,
                           "throughput_rps": ok / seconds, "failed": failed, "concurrency": concurrency}  # fmt: skip
         lean.close()
     return out
@@ -173,12 +189,14 @@ def main() -> None:
     p = model_parser(__doc__, repeat=300)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--out", default="rank_latency", help="result file name under bench/results/")
     args = p.parse_args()
     version = newest_version(args.models, args.name)
     load_before = os.getloadavg()
     bodies = {n: make_request(n, args.features) for n in SIZES}
-    bare, service = bench_in_process(args.models, args.features, bodies, args.repeat)
-    http = bench_http(args.models, args.features, bodies, args.repeat, args.seconds, args.concurrency)
+    bare, service, batches = bench_in_process(args.models, args.features, bodies, args.repeat)
+    http = bench_http(args.models, args.features, bodies, args.repeat, args.seconds, args.concurrency, batches,
+                      version / "model.onnx")  # fmt: skip
 
     print(f"model {version} — p50/p95/p99 in ms; load average {load_before[0]:.2f} at start")
     rows = []
@@ -191,11 +209,17 @@ def main() -> None:
         lean = http[n]["lean_client"]
         rows.append([n, "HTTP, lean client", lean["p50_ms"], lean["p95_ms"], lean["p99_ms"],
                      f"{lean['p50_ms'] / bare[n]['p50_ms']:.2f}x", ""])  # fmt: skip
+        pair = http[n]["lean_vs_bare_alternated"]
+        rows.append([n, "bare ORT, alternated with:", pair["bare_ort"]["p50_ms"], pair["bare_ort"]["p95_ms"],
+                     pair["bare_ort"]["p99_ms"], "", ""])  # fmt: skip
+        lean = pair["lean_client"]
+        rows.append([n, "HTTP, lean client, alternated", lean["p50_ms"], lean["p95_ms"], lean["p99_ms"],
+                     f"{lean['p50_ms'] / pair['bare_ort']['p50_ms']:.2f}x", ""])  # fmt: skip
     print_table(["cands", "path", "p50", "p95", "p99", "vs ORT", "req/s"], rows)
     print("\nin-process stage medians (ms):")
     stage_names = list(service[SIZES[0]]["stages_p50_ms"])
     print_table(["cands", *stage_names], [[n, *service[n]["stages_p50_ms"].values()] for n in SIZES])
-    path = write_result("rank_latency", {"model": str(version.relative_to(ROOT) if version.is_relative_to(ROOT) else version),
+    path = write_result(args.out, {"model": str(version.relative_to(ROOT) if version.is_relative_to(ROOT) else version),
                                          "model_json": json.loads((version / "model.json").read_text())["hyperparameters"],
                                          "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
                                          "intra_op_threads": Settings().intra_op_threads,

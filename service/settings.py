@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # of oversubscribing them (highest throughput). Before it, 0 vs 1 thread traded one for the
     # other (bench/README.md). Costs a second copy of the weights per loaded version.
     adaptive_threads: bool = True
+    # With RANKER_WORKERS > 1: a call of fewer candidates runs on the one-thread session even when no
+    # worker has another call in flight (a second core is another worker's). docs/performance.md.
+    wide_call_min_rows: int = Field(256, ge=0)
     inter_op_threads: int = Field(1, ge=0)
     # On CUDA, batches are padded up to one of these sizes so shapes repeat (and warm up once each).
     batch_buckets: list[int] = Field(default_factory=lambda: [16, 64, 256, 1024, 4096])

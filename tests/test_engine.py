@@ -127,6 +127,39 @@ def test_with_worker_processes_a_call_is_alone_only_when_no_worker_has_one_in_fl
     assert list(slots) == [0, 0]
 
 
+def test_with_worker_processes_a_small_batch_runs_on_one_thread_even_alone(trained, monkeypatch):
+    """RANKER_WIDE_CALL_MIN_ROWS: with worker processes a batch below it takes the one-thread session
+    though no worker has a call in flight (and is still counted); a lone process ignores it."""
+    import multiprocessing
+
+    from service.lifecycle import engine as engine_module
+    from service.workers import CallsInFlight
+
+    path = str(trained.version_dir / "model.onnx")
+    alone = InferenceEngine(path, device="cpu", intra_op_threads=2, wide_call_min_rows=50)
+    with alone._plain_session(10) as session:  # one process: the other core is free
+        assert session is alone.session
+    slots = multiprocessing.get_context("spawn").Array("i", 2)
+    monkeypatch.setattr(engine_module, "machine_calls", CallsInFlight(slots, 0))
+    engine = InferenceEngine(path, device="cpu", intra_op_threads=2, wide_call_min_rows=50)
+    with engine._plain_session(49) as session:
+        assert session is engine.narrow and list(slots) == [1, 0]
+    with engine._plain_session(50) as session:
+        assert session is engine.session
+    assert list(slots) == [0, 0]
+    narrow_calls = []
+    narrow_run = engine.narrow.run
+    monkeypatch.setattr(engine.narrow, "run", lambda *a, **k: narrow_calls.append(1) or narrow_run(*a, **k))
+    rng = np.random.default_rng(4)
+    for n in (49, 50):  # run() goes by the batch's rows
+        engine.run({"sparse_ids": rng.integers(0, 2, (n, 10)), "dense": rng.normal(size=(n, 4)).astype(np.float32)})
+    assert len(narrow_calls) == 1
+    app = create_app(Settings(models_dir=trained.models_dir, features_dir=trained.features_dir, watch="off",
+                              wide_call_min_rows=7))  # fmt: skip
+    with TestClient(app):  # the setting reaches every loaded version's engine
+        assert app.state.registry.resolve(None, None, "u1")[0].engine.wide_call_min_rows == 7
+
+
 def test_adaptive_threads_give_the_same_scores_under_concurrency(trained):
     onnx_path = str(trained.version_dir / "model.onnx")
     fixed = InferenceEngine(onnx_path, device="cpu", adaptive_threads=False)

@@ -142,6 +142,7 @@ class InferenceEngine:
         io_binding: Literal["auto", "on", "off"] = "auto",
         cuda_graph: bool = False,
         adaptive_threads: bool = True,
+        wide_call_min_rows: int = 0,
     ):
         providers: list = choose_providers(device)
         if cuda_graph and providers[0] == CUDA:
@@ -155,6 +156,7 @@ class InferenceEngine:
         self.narrow = None  # the one-thread session for overlapping calls
         if adaptive:
             self.narrow = ort.InferenceSession(onnx_path, session_options(1, inter_op_threads), providers=[CPU])
+        self.wide_call_min_rows = wide_call_min_rows  # with worker processes only (see _plain_session)
         self._running = 0  # calls in flight on the plain path (picks wide or narrow)
         self._running_lock = threading.Lock()
         self.provider = self.session.get_providers()[0]
@@ -196,20 +198,26 @@ class InferenceEngine:
         else:
             if size != n:
                 inputs = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in inputs.items()}
-            with self._plain_session() as session:
+            with self._plain_session(size) as session:
                 outputs = [out[:n] for out in session.run(self.output_names, dict(inputs), self.plain_options)]
         return dict(zip(self.output_names, outputs))
 
     @contextmanager
-    def _plain_session(self):
+    def _plain_session(self, rows: int = 0):
         """The wide session when no other call is running (in this process; with worker processes,
-        in any of them: `machine_calls`), else the one-thread session."""
+        in any of them: `machine_calls`), else the one-thread session.
+
+        With worker processes, a batch of fewer than `wide_call_min_rows` rows takes the one-thread
+        session even alone: the other cores belong to the other workers' Python, and a second thread
+        speeds up a small batch least (1.29x at 100 rows for 20 % more CPU, bench/results/ort_threads.json).
+        At 100 candidates two workers answered 1.06-1.27x the req/s with it than without, at less CPU
+        per request (bench/results/compare_servers_wide_min_rows.json)."""
         with self._running_lock:
             alone = self._running == 0
             self._running += 1
         shared = machine_calls if self.narrow is not None else None
         if shared is not None:
-            alone = shared.enter() and alone
+            alone = shared.enter() and alone and rows >= self.wide_call_min_rows
         try:
             yield self.session if alone or self.narrow is None else self.narrow
         finally:

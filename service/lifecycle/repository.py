@@ -115,6 +115,7 @@ def load_version(path: Path, settings: Settings) -> ModelVersion:
             io_binding=settings.io_binding,
             cuda_graph=settings.cuda_graph,
             adaptive_threads=settings.adaptive_threads,
+            wide_call_min_rows=settings.wide_call_min_rows,
         )
     except Exception as exc:  # ORT raises several types for a broken graph
         raise LoadError(f"ONNX Runtime cannot open model.onnx: {exc}") from None
