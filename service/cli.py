@@ -84,9 +84,10 @@ def serve_workers(settings: Settings, flags: dict[str, str]) -> int:
 
 def worker_app():
     """One worker's app (service.workers starts it in each worker process), from the RANKER_*
-    environment. Each worker runs ONNX Runtime as a lone process would: intra_op_threads for a call
-    alone in it, its one-thread session for calls that overlap there (adaptive threads); one
-    thread per worker measured the same req/s and a higher p50 at half load (performance.md)."""
+    environment. Each worker keeps a wide and a one-thread ONNX Runtime session per version
+    (adaptive threads): intra_op_threads for a call while no worker has another in flight and the
+    batch has at least wide_call_min_rows rows, the one-thread session otherwise (performance.md,
+    "Small batches on one thread with workers")."""
     settings = Settings()
     logsafe.configure(settings.log_level)
     return create_app(settings, freeze_heap=True)
