@@ -26,7 +26,6 @@ machine and its load.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from collections import Counter
@@ -37,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from bench.common import ROOT, alternated, newest_version, percentiles_ms, print_table, write_result
+from bench.common import ROOT, alternated, model_parser, newest_version, percentiles_ms, print_table, write_result
 from bench.engine_ladder import random_inputs
 from contract.features import FeatureTransform
 from contract.modelspec import ModelSpec
@@ -131,10 +130,7 @@ VARIANTS = {"as exported": lambda model: model, "wide first layer": wide_first_l
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=Path, default=ROOT / "models")
-    p.add_argument("--name", default="ple")
-    p.add_argument("--repeat", type=int, default=300)
+    p = model_parser(__doc__, repeat=300)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
     args = p.parse_args()
     version = newest_version(args.models, args.name)
