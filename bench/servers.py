@@ -31,7 +31,8 @@ SETTINGS = {
     "(the default before adaptive threads)",
     "ple-ranker-1t": "as ple-ranker with RANKER_INTRA_OP_THREADS=1: every call on one ORT thread",
     "ple-ranker-2w": "ranker-serve with RANKER_WORKERS=2: two worker processes on one socket, each with ORT's default "
-    "threads and adaptive threads like ple-ranker, routing through the Redis control plane, feature tables in "
+    "threads and adaptive threads like ple-ranker (a call alone on the machine uses two threads from "
+    "RANKER_WIDE_CALL_MIN_ROWS=256 candidates), routing through the Redis control plane, feature tables in "
     "process (RANKER_FEATURE_STORE=embedded)",
     "ple-ranker-2w-pool": "as ple-ranker-2w with RANKER_RANK_THREAD=pool: the rank in each worker's thread pool",
     "ple-ranker-2w-1t": "as ple-ranker-2w with RANKER_INTRA_OP_THREADS=1: one ORT thread per worker",
