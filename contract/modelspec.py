@@ -158,6 +158,17 @@ class DataSpec(_Strict):
     split_seed: int | None = None  # the train/validation/test split's seed
 
 
+class EngineSpeed(_Strict):
+    """int8 against its float source on the machine that quantized it: one ONNX Runtime thread, p50 of
+    one call on `rows` rows, the two alternated call by call."""
+
+    rows: int
+    calls: int
+    fp32_p50_ms: float
+    int8_p50_ms: float
+    cpu: str  # what /proc/cpuinfo names; int8's gain depends on it
+
+
 class Quantization(_Strict):
     """How an int8 version was made from its float source (ranker-quantize), and what it cost."""
 
@@ -166,6 +177,7 @@ class Quantization(_Strict):
     source_version: int
     tolerance: dict[str, float]  # the largest loss allowed per task: auc (absolute), mse (relative)
     source_metrics: dict[str, dict[str, float]]  # the float version's, on the same rows
+    speed: EngineSpeed | None = None  # absent in versions quantized before it was measured
 
 
 class ModelSpec(_Strict):

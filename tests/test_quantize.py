@@ -44,6 +44,13 @@ def test_an_int8_version_within_tolerance_is_published_and_serves(source, capsys
     assert int8.interface() == fp32.interface()  # may share the model's traffic
     assert int8.quantization.source_metrics["test.ctr"]["auc"] == pytest.approx(fp32.metrics["test.ctr"]["auc"], abs=1e-5)
     assert (folder / "model.onnx").stat().st_size < (source / "model.onnx").stat().st_size
+    # The speed on this machine is printed and recorded (a model.json from before it still reads).
+    speed = int8.quantization.speed
+    assert speed.rows == min(quantize.SPEED_ROWS, fp32.training_data.rows["validation"]) and speed.calls == quantize.SPEED_CALLS
+    assert f"fp32 {speed.fp32_p50_ms:.2f} ms, int8 {speed.int8_p50_ms:.2f} ms" in err and speed.cpu == quantize.cpu_name()
+    older = json.loads((folder / "model.json").read_text())
+    del older["quantization"]["speed"]
+    assert ModelSpec.model_validate(older).quantization.speed is None
 
     settings = Settings(models_dir=source.parent.parent, features_dir=None, device="cpu")
     _, val, _ = quantize.load_source_data(fp32, None)

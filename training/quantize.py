@@ -14,15 +14,22 @@ of its value), nothing is written and the command exits 1, printing the figures.
 int8 graph is published as the model's next version (same interface, so it can take a share of
 the traffic like any other), its model.json saying `precision: int8` and, under `quantization`,
 the mode, the source version, the tolerance and the source's metrics on the same rows.
+
+It also times both graphs on this machine (500 validation rows, one thread, alternated) and records
+the figures under `quantization.speed`: int8's gain depends on the CPU (1.3-1.7x on the AMD EPYC
+host of docs/performance.md#int8, about 1.0x on an Intel Xeon with AVX-512 there), so the command
+says when int8 gains under 1.1x here. It publishes all the same: the serving machines may differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -30,7 +37,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.features import FeatureTransform
-from contract.modelspec import ModelSpec, Quantization, sha256_file
+from contract.modelspec import EngineSpeed, ModelSpec, Quantization, sha256_file
 from training.data import Dataset
 from training.data.sets import load_data
 from training.evaluate import format_metrics, task_metrics
@@ -39,6 +46,7 @@ from training.train import encode
 
 CALIBRATION_ROWS = 2048
 BATCH = 8192
+SPEED_ROWS, SPEED_CALLS = 500, 40  # a large request's candidates; ~1 s of calls
 
 
 class QuantizationRefused(RuntimeError):
@@ -80,6 +88,30 @@ def losses_past_tolerance(source: dict, quantized: dict, max_auc_drop: float, ma
         if "mse" in before and after["mse"] - before["mse"] > max_mse_increase * before["mse"]:
             failed.append(f"{key}: mse {before['mse']:.6f} -> {after['mse']:.6f}")
     return failed
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def engine_speed(fp32: ort.InferenceSession, int8: ort.InferenceSession, feed: dict[str, np.ndarray]) -> EngineSpeed:
+    """p50 of one call of each graph on the first SPEED_ROWS rows, alternated call by call so that the
+    machine's background load lands on both alike."""
+    rows = {k: v[:SPEED_ROWS] for k, v in feed.items()}
+    times: tuple[list[float], list[float]] = ([], [])
+    for call in range(-3, SPEED_CALLS):  # three warm-up calls each
+        for session, kept in ((fp32, times[0]), (int8, times[1])):
+            start = time.perf_counter()
+            session.run(None, rows)
+            if call >= 0:
+                kept.append(time.perf_counter() - start)
+    fp32_ms, int8_ms = (float(np.median(kept) * 1000) for kept in times)
+    return EngineSpeed(rows=len(next(iter(rows.values()))), calls=SPEED_CALLS, fp32_p50_ms=fp32_ms, int8_p50_ms=int8_ms,
+                       cpu=cpu_name())  # fmt: skip
 
 
 class Calibration:
@@ -142,12 +174,18 @@ def quantize_version(folder: Path, mode: str = "dynamic", max_auc_drop: float = 
             for label in ("fp32", "int8"):
                 per_task = {k.split(".", 1)[1]: v for k, v in metrics[label].items() if k.startswith(f"{split}.")}
                 log(f"{split}, {label}:\n{format_metrics(per_task)}")
+        speed = engine_speed(sessions[folder / "model.onnx"], sessions[target], feeds["validation"][0])
+        gain = speed.fp32_p50_ms / speed.int8_p50_ms
+        log(f"speed on this machine ({speed.cpu}, one thread, {speed.rows} rows, p50 of {speed.calls} calls): "
+            f"fp32 {speed.fp32_p50_ms:.2f} ms, int8 {speed.int8_p50_ms:.2f} ms, {gain:.2f}x"
+            + ("; int8 gains little on this CPU (under 1.1x): time it where it will serve" if gain < 1.1 else ""))  # fmt: skip
         failed = losses_past_tolerance(metrics["fp32"], metrics["int8"], max_auc_drop, max_mse_increase)
         if failed:
             raise QuantizationRefused(f"{folder}: int8 ({mode}) loses more than the tolerance (auc {max_auc_drop}, "
                                       f"mse {max_mse_increase:.0%}) on {'; '.join(failed)}; nothing published")  # fmt: skip
         record = Quantization(mode=mode, per_channel=mode == "static", source_version=spec.version,
-                              tolerance={"auc": max_auc_drop, "mse": max_mse_increase}, source_metrics=metrics["fp32"])  # fmt: skip
+                              tolerance={"auc": max_auc_drop, "mse": max_mse_increase}, source_metrics=metrics["fp32"],
+                              speed=speed)  # fmt: skip
 
         def spec_for(version: int) -> ModelSpec:
             kept = {k: v for k, v in spec.metrics.items() if not k.startswith(("validation.", "test."))}
