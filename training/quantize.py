@@ -91,8 +91,9 @@ def losses_past_tolerance(source: dict, quantized: dict, max_auc_drop: float, ma
 
 
 def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
+    """The CPU's model name as /proc/cpuinfo gives it ("unknown" elsewhere)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return "unknown"
