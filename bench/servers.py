@@ -19,8 +19,9 @@ from bench.common import BIN, ROOT, delete_keys, free_port
 VENVS = ROOT / "bench" / ".venvs"
 CACHE = ROOT / "bench" / ".cache"
 ALL = ("ple-ranker", "ple-ranker-pool", "ple-ranker-wide", "ple-ranker-1t", "ple-ranker-2w", "ple-ranker-2w-pool",
-       "ple-ranker-2w-1t", "ple-ranker-2w-rows0", "ple-ranker-nocache", "ple-ranker-2w-nocache", "fastapi-ort",
-       "fastapi-torch", "bentoml", "torchserve", "ple-ranker-int8", "ple-ranker-2w-int8")  # fmt: skip
+       "ple-ranker-2w-1t", "ple-ranker-2w-rows0", "ple-ranker-2w-asyncio", "ple-ranker-nocache",
+       "ple-ranker-2w-nocache", "fastapi-ort", "fastapi-torch", "bentoml", "torchserve", "ple-ranker-int8",
+       "ple-ranker-2w-int8")  # fmt: skip
 
 SETTINGS = {
     "ple-ranker": "ranker-serve: 1 uvicorn process, the rank on the event loop (RANKER_RANK_THREAD=loop), "
@@ -38,6 +39,8 @@ SETTINGS = {
     "ple-ranker-2w-1t": "as ple-ranker-2w with RANKER_INTRA_OP_THREADS=1: one ORT thread per worker",
     "ple-ranker-2w-rows0": "as ple-ranker-2w with RANKER_WIDE_CALL_MIN_ROWS=0: a call alone on the machine uses two "
     "ORT threads at every batch size (the design before)",
+    "ple-ranker-2w-asyncio": "as ple-ranker-2w with RANKER_WORKER_LOOP=asyncio: the workers on asyncio's own event "
+    "loop, not uvloop (the design before)",
     "ple-ranker-nocache": "as ple-ranker with RANKER_ITEM_CACHE_ROWS=0: every candidate's features encoded per request",
     "ple-ranker-2w-nocache": "as ple-ranker-2w with RANKER_ITEM_CACHE_ROWS=0",
     "ple-ranker-int8": "as ple-ranker, serving the int8 version of the model (ranker-quantize, dynamic)",
@@ -80,6 +83,8 @@ def launch(name: str, version: Path, models: Path, features: Path, port: int, lo
                 env["RANKER_INTRA_OP_THREADS"] = "1"
             if name == "ple-ranker-2w-rows0":
                 env["RANKER_WIDE_CALL_MIN_ROWS"] = "0"
+            if name == "ple-ranker-2w-asyncio":
+                env["RANKER_WORKER_LOOP"] = "asyncio"
         cmd = [str(BIN / "ranker-serve"), "--models", str(models), "--port", str(port), "--log-level", "warning"]
         path = "/v1/rank"
     elif name == "fastapi-ort":

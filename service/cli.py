@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from service.app import create_app
 from service.observability import logsafe
 from service.settings import Settings
-from service.workers import Supervisor
+from service.workers import Supervisor, uvicorn_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +69,8 @@ def serve_workers(settings: Settings, flags: dict[str, str]) -> int:
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     config = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
-              "log_config": None, "timeout_keep_alive": settings.keep_alive_s}  # fmt: skip
+              "log_config": None, "timeout_keep_alive": settings.keep_alive_s,
+              "loop": uvicorn_loop(settings.worker_loop)}  # fmt: skip
     try:
         supervisor = Supervisor(settings.workers, settings.host, settings.port, config, folder)
     except OSError as exc:

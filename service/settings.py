@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # worker's watcher loads new folders itself (so watch cannot be off), and the metrics are summed
     # over the workers (prometheus-client's multiprocess mode). docs/performance.md, "Worker processes".
     workers: int = Field(1, ge=1, le=64)
+    # The workers' event loop: uvloop (service.workers.FairAcceptLoop) where it is installed, or
+    # asyncio's own, which costs more Python per request (docs/performance.md, "Worker processes").
+    worker_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     # ONNX Runtime threads for a lone call: 0 lets ORT pick (one per physical core).
     intra_op_threads: int = Field(0, ge=0)

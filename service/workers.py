@@ -22,10 +22,17 @@ nginx's accept_mutex_delay. The workers publish what they hold in shared memory 
 Deferring by the whole count instead made every accept of a worker holding 4 or more connections
 wait 4 ms on its event loop: in a connection storm (a load generator opened 6,147) the workers
 spent their time waiting to accept and answered half the requests asked (docs/performance.md).
+
+The workers run on uvloop, whose transports cost half the Python of asyncio's own loop per request
+(docs/performance.md). uvloop accepts in C, taking every waiting connection and never calling
+FairListener.accept, so `FairAcceptLoop` serves a FairListener itself: it accepts in Python, through
+FairListener.accept, and hands each connection to uvloop. Without uvloop the workers run on asyncio's
+loop, which accepts through FairListener.accept already.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -126,15 +133,81 @@ class FairListener(socket.socket):
         return conn, address
 
 
+ACCEPT_BURST = 100  # connections accepted per wake-up at most, as asyncio's loop does (its backlog)
+ACCEPT_RETRY_S = 1.0  # out of file descriptors: accept again after this, as asyncio's loop does
+
+
+class FairServer:
+    """A FairListener served on a uvloop loop: what uvicorn uses of an asyncio.Server (close,
+    wait_closed), accepting through FairListener.accept and handing each connection to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], asyncio.Protocol],
+                 sock: FairListener):  # fmt: skip
+        self.loop, self.protocol_factory, self.sock = loop, protocol_factory, sock
+        self.closed = False
+        self.handshakes: set[asyncio.Task] = set()  # connections being handed over (kept referenced)
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BURST):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # none left, or a worker holding fewer took it
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: pause, as asyncio's loop does
+                log.error("accept failed (%s); accepting again in %.0f s", exc, ACCEPT_RETRY_S)
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(ACCEPT_RETRY_S, self._resume)
+                return
+            task = self.loop.create_task(self.loop.connect_accepted_socket(self.protocol_factory, conn))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+try:
+    import uvloop
+
+    class FairAcceptLoop(uvloop.Loop):
+        """uvloop, except that a FairListener is served by FairServer (accepting in Python)."""
+
+        async def create_server(self, protocol_factory, host=None, port=None, *, sock=None, **kwargs):
+            if isinstance(sock, FairListener):
+                return FairServer(self, protocol_factory, sock)
+            return await super().create_server(protocol_factory, host, port, sock=sock, **kwargs)
+
+    UVLOOP = "service.workers:FairAcceptLoop"  # uvicorn calls it to make the worker's loop
+except ImportError:  # uvloop is Linux and macOS only
+    UVLOOP = "asyncio"
+
+
+def uvicorn_loop(worker_loop: str) -> str:
+    """uvicorn's `loop` for the workers of Settings.worker_loop."""
+    return UVLOOP if worker_loop == "uvloop" else "asyncio"
+
+
 def run_worker(sock: socket.socket, config_kwargs: dict, calls: CallsInFlight, connections: WorkerSlots) -> None:
-    """One worker process: the app from service.cli.worker_app on the shared socket. On asyncio's
-    own event loop, not uvloop: uvloop accepts in C and never calls FairListener.accept."""
+    """One worker process: the app from service.cli.worker_app on the shared socket."""
     from service.cli import QuietTermServer
     from service.lifecycle import engine
 
     engine.machine_calls = calls  # every engine this worker loads counts its calls there
 
-    config = uvicorn.Config("service.cli:worker_app", factory=True, loop="asyncio", **config_kwargs)
+    config = uvicorn.Config("service.cli:worker_app", factory=True, **config_kwargs)
     server = QuietTermServer(config)
     listener = FairListener.of(sock, lambda: len(server.server_state.connections), connections)
     server.run(sockets=[listener])
