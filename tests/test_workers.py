@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -186,6 +187,52 @@ def test_a_worker_waits_to_accept_only_by_what_it_holds_beyond_the_least_loaded_
     lone = FairListener.of(socket.socket(), held=lambda: 0)
     with lone:
         assert lone.deferral(0) == 0.0 and lone.deferral(2) == 0.002
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+@pytest.mark.parametrize("worker_loop", ["uvloop", "asyncio"])
+def test_either_worker_loop_accepts_through_the_fair_listener(worker_loop):
+    """uvloop alone accepts in C, taking every waiting connection past FairListener.accept (and so
+    past the spreading of connections over the workers): the workers' loop must accept through it."""
+    import multiprocessing
+
+    import uvicorn
+
+    from service.workers import FairListener, WorkerSlots, uvicorn_loop
+
+    loop = uvicorn.Config(app=None, loop=uvicorn_loop(worker_loop)).get_loop_factory()()
+    assert (type(loop).__name__ == "FairAcceptLoop") == (worker_loop == "uvloop")
+    plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    plain.bind(("127.0.0.1", 0))
+    plain.listen(8)
+    published = WorkerSlots(multiprocessing.get_context("spawn").Array("i", 1), 0)  # what it tells other workers
+    listener = FairListener.of(plain, held=lambda: 0, shared=published)
+
+    async def serve() -> list[bytes]:
+        server = await loop.create_server(Echo, sock=listener)
+        answers = []
+        for k in range(3):
+            reader, writer = await asyncio.open_connection(*listener.getsockname())
+            writer.write(b"ping %d" % k)
+            answers.append(await asyncio.wait_for(reader.read(100), 5))
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        return answers
+
+    try:
+        assert loop.run_until_complete(serve()) == [b"ping 0", b"ping 1", b"ping 2"]
+        assert len(listener.recent) == 3 and published.slots[0] >= 1  # each connection came through accept()
+    finally:
+        loop.close()
+        listener.close()
 
 
 @pytest.mark.slow
