@@ -38,6 +38,7 @@ import tempfile
 from collections import Counter
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -80,12 +81,8 @@ def without(model: onnx.ModelProto, drop: tuple[str, ...]) -> onnx.ModelProto:
     return model
 
 
-def wide_first_layers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """MatMul((1, B, d), (E, d, h)) -> Add((E, 1, h)) -> Relu as Gemm((B, d), (d, E*h), E*h) -> Relu ->
-    Reshape (B, E, h) -> Transpose (E, B, h): the same numbers, with the bias and ReLU fusable."""
-    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
-              for v in onnx.shape_inference.infer_shapes(model).graph.value_info}  # fmt: skip
-    inits = {init.name: init for init in model.graph.initializer}
+def sole_reader(model: onnx.ModelProto) -> Callable[[str, str], onnx.NodeProto | None]:
+    """only_reader(tensor, op_type): the one node reading that tensor, if it is of that type; else None."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -94,6 +91,17 @@ def wide_first_layers(model: onnx.ModelProto) -> onnx.ModelProto:
     def only_reader(name: str, op_type: str) -> onnx.NodeProto | None:
         nodes = readers.get(name, [])
         return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
+
+    return only_reader
+
+
+def wide_first_layers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """MatMul((1, B, d), (E, d, h)) -> Add((E, 1, h)) -> Relu as Gemm((B, d), (d, E*h), E*h) -> Relu ->
+    Reshape (B, E, h) -> Transpose (E, B, h): the same numbers, with the bias and ReLU fusable."""
+    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+              for v in onnx.shape_inference.infer_shapes(model).graph.value_info}  # fmt: skip
+    inits = {init.name: init for init in model.graph.initializer}
+    only_reader = sole_reader(model)
 
     replaced, replacement = set(), {}
     for k, matmul in enumerate(model.graph.node):
@@ -135,14 +143,7 @@ def bias_in_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """MatMul(x, W) -> Add(b) as MatMul([x, 1], [W; b]), the 1 appended where the embeddings are
     concatenated and carried by every hidden layer (an extra unit with weight 1 on the ones row)."""
     inits = {init.name: init for init in model.graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-
-    def only_reader(name: str, op_type: str) -> onnx.NodeProto | None:
-        nodes = readers.get(name, [])
-        return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op_type else None
+    only_reader = sole_reader(model)
 
     def stacked(node: onnx.NodeProto) -> bool:
         return node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 3
@@ -165,7 +166,7 @@ def bias_in_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         weights, biases = numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[bias])
         folded = np.concatenate([weights, biases], axis=1)  # (n, d + 1, h)
-        if any(reader.op_type == "Relu" for reader in readers[add.output[0]]):  # a hidden layer passes the 1 on
+        if only_reader(add.output[0], "Relu"):  # a hidden layer passes the 1 on
             carry = np.zeros((*folded.shape[:2], 1), np.float32)
             carry[:, -1] = 1.0
             folded = np.concatenate([folded, carry], axis=2)
