@@ -164,7 +164,12 @@ class FairServer:
                 return
             task = self.loop.create_task(self.loop.connect_accepted_socket(self.protocol_factory, conn))
             self.handshakes.add(task)
-            task.add_done_callback(self.handshakes.discard)
+            task.add_done_callback(self._handed_over)
+
+    def _handed_over(self, task: asyncio.Task) -> None:
+        self.handshakes.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # e.g. reset before it was set up
+            log.warning("a connection could not be set up: %r", task.exception())
 
     def _resume(self) -> None:
         if not self.closed:
