@@ -23,11 +23,12 @@ Deferring by the whole count instead made every accept of a worker holding 4 or 
 wait 4 ms on its event loop: in a connection storm (a load generator opened 6,147) the workers
 spent their time waiting to accept and answered half the requests asked (docs/performance.md).
 
-The workers run on uvloop, whose transports cost half the Python of asyncio's own loop per request
-(docs/performance.md). uvloop accepts in C, taking every waiting connection and never calling
-FairListener.accept, so `FairAcceptLoop` serves a FairListener itself: it accepts in Python, through
-FairListener.accept, and hands each connection to uvloop. Without uvloop the workers run on asyncio's
-loop, which accepts through FairListener.accept already.
+The workers run on uvloop, whose event loop took a smaller share of a loaded worker's CPU than
+asyncio's own (21-25 % against 27 % of the busy samples, docs/performance.md "uvloop in the
+workers"; the served gain was within the host's noise). uvloop accepts in C, taking every waiting
+connection and never calling FairListener.accept, so `FairAcceptLoop` serves a FairListener itself:
+it accepts in Python, through FairListener.accept, and hands each connection to uvloop. Without
+uvloop the workers run on asyncio's loop, which accepts through FairListener.accept already.
 """
 
 from __future__ import annotations
